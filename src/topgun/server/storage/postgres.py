@@ -1,0 +1,329 @@
+"""PostgreSQL storage on an asyncpg pool.
+
+Each :meth:`PostgresStorage.write` is one transaction of a handful of
+set-based statements, one per table and kind of change: upserts are
+``INSERT ... SELECT FROM unnest($1::text[], ...) ON CONFLICT DO UPDATE`` and
+deletes are ``DELETE ... USING unnest(...)``, so a batch of 10,000 rows costs a
+few round trips, never one statement per row. Writes are serialised by a lock
+so they commit in call order (a later batch always wins over an earlier one
+for the same row) and never deadlock against each other.
+
+Durability relies on PostgreSQL's ``synchronous_commit`` (on by default): a
+``COMMIT`` returns after the WAL is flushed.
+
+asyncpg is an optional dependency (``pip install 'topgun[postgres]'``) and is
+imported only when a PostgreSQL storage is opened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import Any
+
+from topgun.errors import ConfigError, StorageError
+
+from .base import SCHEMA_VERSION, Snapshot, SnapshotBuilder, StorageKind, WriteBatch
+
+__all__ = ["PostgresStorage", "import_asyncpg", "migrations"]
+
+log = logging.getLogger("topgun.storage")
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+def import_asyncpg() -> Any:
+    """Import asyncpg or raise a :class:`StorageError` that says how to install it."""
+    try:
+        import asyncpg
+    except ImportError as exc:
+        raise StorageError(
+            "PostgreSQL storage needs the asyncpg package: pip install 'topgun[postgres]'"
+        ) from exc
+    return asyncpg
+
+
+def migrations(s: str) -> list[tuple[int, list[str]]]:
+    """The schema migrations for the quoted schema name ``s``; never edit a released entry."""
+    return [
+        (
+            1,
+            [
+                f"CREATE TABLE {s}.maps (name TEXT PRIMARY KEY, kind TEXT NOT NULL)",
+                f"CREATE TABLE {s}.prune_horizons (map TEXT PRIMARY KEY, millis BIGINT NOT NULL,"
+                " counter BIGINT NOT NULL, node_id TEXT NOT NULL)",
+                f"CREATE TABLE {s}.lww_records (map TEXT NOT NULL, key TEXT NOT NULL, value BYTEA,"
+                " millis BIGINT NOT NULL, counter BIGINT NOT NULL, node_id TEXT NOT NULL,"
+                " ttl_ms BIGINT, PRIMARY KEY (map, key))",
+                f"CREATE TABLE {s}.or_records (map TEXT NOT NULL, key TEXT NOT NULL, tag TEXT NOT NULL,"
+                " value BYTEA NOT NULL, millis BIGINT NOT NULL, counter BIGINT NOT NULL,"
+                " node_id TEXT NOT NULL, ttl_ms BIGINT, PRIMARY KEY (map, key, tag))",
+                f"CREATE TABLE {s}.or_tombstones (map TEXT NOT NULL, tag TEXT NOT NULL, key TEXT NOT NULL,"
+                " removed_at_ms BIGINT NOT NULL, PRIMARY KEY (map, tag))",
+                f"CREATE TABLE {s}.counters (name TEXT PRIMARY KEY, state BYTEA NOT NULL)",
+                f"CREATE TABLE {s}.fencing_tokens (name TEXT PRIMARY KEY, token BIGINT NOT NULL)",
+                f"CREATE TABLE {s}.meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+            ],
+        ),
+    ]
+
+
+class PostgresStorage:
+    """Storage in PostgreSQL (``postgresql://user@host:port/db``).
+
+    ``schema`` names the PostgreSQL schema holding the tables (created if
+    missing; default ``public``). ``dsn`` is handed to asyncpg unchanged.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str = "public",
+        min_pool_size: int = 1,
+        max_pool_size: int = 4,
+        command_timeout_s: float | None = 60.0,
+        connect_timeout_s: float = 10.0,
+    ) -> None:
+        if not _IDENT.match(schema):
+            raise ConfigError(
+                f"invalid PostgreSQL schema name {schema!r}: use letters, digits and _ (not first), max 63"
+            )
+        if not 1 <= int(min_pool_size) <= int(max_pool_size):
+            raise ConfigError(
+                f"need 1 <= min_pool_size <= max_pool_size, got {min_pool_size}, {max_pool_size}"
+            )
+        self.dsn = dsn
+        self.schema = schema
+        self.min_pool_size = int(min_pool_size)
+        self.max_pool_size = int(max_pool_size)
+        self.command_timeout_s = command_timeout_s
+        self.connect_timeout_s = float(connect_timeout_s)
+        self.schema_version: int | None = None
+        self._pool: Any = None
+        self._write_lock = asyncio.Lock()
+        s = f'"{schema}"'
+        self._s = s
+        self._sql_upsert_lww = (
+            f"INSERT INTO {s}.lww_records (map, key, value, millis, counter, node_id, ttl_ms)"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::int8[], $5::int8[],"
+            " $6::text[], $7::int8[]) ON CONFLICT (map, key) DO UPDATE SET value = EXCLUDED.value,"
+            " millis = EXCLUDED.millis, counter = EXCLUDED.counter, node_id = EXCLUDED.node_id,"
+            " ttl_ms = EXCLUDED.ttl_ms"
+        )
+        self._sql_delete_lww = (
+            f"DELETE FROM {s}.lww_records t USING unnest($1::text[], $2::text[]) AS d(map, key)"
+            " WHERE t.map = d.map AND t.key = d.key"
+        )
+        self._sql_upsert_or = (
+            f"INSERT INTO {s}.or_records (map, key, tag, value, millis, counter, node_id, ttl_ms)"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::int8[], $6::int8[],"
+            " $7::text[], $8::int8[]) ON CONFLICT (map, key, tag) DO UPDATE SET value = EXCLUDED.value,"
+            " millis = EXCLUDED.millis, counter = EXCLUDED.counter, node_id = EXCLUDED.node_id,"
+            " ttl_ms = EXCLUDED.ttl_ms"
+        )
+        self._sql_delete_or = (
+            f"DELETE FROM {s}.or_records t"
+            " USING unnest($1::text[], $2::text[], $3::text[]) AS d(map, key, tag)"
+            " WHERE t.map = d.map AND t.key = d.key AND t.tag = d.tag"
+        )
+        self._sql_upsert_tomb = (
+            f"INSERT INTO {s}.or_tombstones (map, tag, key, removed_at_ms)"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[])"
+            " ON CONFLICT (map, tag) DO UPDATE SET key = EXCLUDED.key, removed_at_ms = EXCLUDED.removed_at_ms"
+        )
+        self._sql_delete_tomb = (
+            f"DELETE FROM {s}.or_tombstones t USING unnest($1::text[], $2::text[]) AS d(map, tag)"
+            " WHERE t.map = d.map AND t.tag = d.tag"
+        )
+        self._sql_upsert_kind = (
+            f"INSERT INTO {s}.maps (name, kind) SELECT * FROM unnest($1::text[], $2::text[])"
+            " ON CONFLICT (name) DO UPDATE SET kind = EXCLUDED.kind"
+        )
+        self._sql_upsert_horizon = (
+            f"INSERT INTO {s}.prune_horizons (map, millis, counter, node_id)"
+            " SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::text[])"
+            " ON CONFLICT (map) DO UPDATE SET millis = EXCLUDED.millis, counter = EXCLUDED.counter,"
+            " node_id = EXCLUDED.node_id"
+        )
+        self._sql_upsert_counter = (
+            f"INSERT INTO {s}.counters (name, state) SELECT * FROM unnest($1::text[], $2::bytea[])"
+            " ON CONFLICT (name) DO UPDATE SET state = EXCLUDED.state"
+        )
+        self._sql_upsert_fencing = (
+            f"INSERT INTO {s}.fencing_tokens (name, token) SELECT * FROM unnest($1::text[], $2::int8[])"
+            " ON CONFLICT (name) DO UPDATE SET token = EXCLUDED.token"
+        )
+        self._sql_upsert_meta = (
+            f"INSERT INTO {s}.meta (key, value) SELECT * FROM unnest($1::text[], $2::text[])"
+            " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
+        )
+
+    @property
+    def kind(self) -> StorageKind:
+        return StorageKind.POSTGRESQL
+
+    def _require(self) -> Any:
+        if self._pool is None:
+            raise StorageError(f"postgresql storage (schema {self.schema}) is not open")
+        return self._pool
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        asyncpg = import_asyncpg()
+        try:
+            pool = await asyncpg.create_pool(
+                self.dsn,
+                min_size=self.min_pool_size,
+                max_size=self.max_pool_size,
+                command_timeout=self.command_timeout_s,
+                timeout=self.connect_timeout_s,
+            )
+        except Exception as exc:
+            raise StorageError(f"cannot connect to PostgreSQL: {exc}") from exc
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                self.schema_version = await self._migrate(conn)
+        except StorageError:
+            await pool.close()
+            raise
+        except Exception as exc:
+            await pool.close()
+            raise StorageError(f"cannot prepare the PostgreSQL schema {self.schema!r}: {exc}") from exc
+        self._pool = pool
+
+    async def _migrate(self, conn: Any) -> int:
+        s = self._s
+        # Two servers starting at once against the same schema must not both migrate.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"topgun-schema:{self.schema}")
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
+        await conn.execute(f"CREATE TABLE IF NOT EXISTS {s}.schema_version (version INTEGER NOT NULL)")
+        current = await conn.fetchval(f"SELECT max(version) FROM {s}.schema_version")
+        current = int(current) if current is not None else 0
+        if current > SCHEMA_VERSION:
+            raise StorageError(
+                f"database schema version {current} is newer than this topgun supports"
+                f" ({SCHEMA_VERSION}); upgrade topgun"
+            )
+        for version, statements in migrations(s):
+            if version <= current:
+                continue
+            for stmt in statements:
+                await conn.execute(stmt)
+            await conn.execute(f"DELETE FROM {s}.schema_version")
+            await conn.execute(f"INSERT INTO {s}.schema_version (version) VALUES ($1)", version)
+            log.info("postgresql schema %s migrated to version %d", self.schema, version)
+            current = version
+        return current
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            # Let an in-flight write finish before the pool goes away.
+            async with self._write_lock:
+                await pool.close()
+
+    async def ping(self) -> bool:
+        pool = self._pool
+        if pool is None:
+            return False
+        try:
+            return bool(await asyncio.wait_for(pool.fetchval("SELECT 1"), timeout=5.0) == 1)
+        except Exception:
+            return False
+
+    # -- data --------------------------------------------------------------------------------
+    async def load(self) -> Snapshot:
+        pool = self._require()
+        s = self._s
+        b = SnapshotBuilder()
+        try:
+            async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+                for r in await conn.fetch(f"SELECT name, kind FROM {s}.maps"):
+                    b.kind(r[0], r[1])
+                for r in await conn.fetch(f"SELECT map, millis, counter, node_id FROM {s}.prune_horizons"):
+                    b.horizon(r[0], r[1], r[2], r[3])
+                for r in await conn.fetch(
+                    f"SELECT map, key, value, millis, counter, node_id, ttl_ms FROM {s}.lww_records"
+                ):
+                    b.lww(r[0], r[1], r[2], r[3], r[4], r[5], r[6])
+                for r in await conn.fetch(
+                    f"SELECT map, key, tag, value, millis, counter, node_id, ttl_ms FROM {s}.or_records"
+                ):
+                    b.or_record(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7])
+                for r in await conn.fetch(f"SELECT map, tag, key, removed_at_ms FROM {s}.or_tombstones"):
+                    b.or_tombstone(r[0], r[1], r[2], r[3])
+                for r in await conn.fetch(f"SELECT name, state FROM {s}.counters"):
+                    b.counter(r[0], r[1])
+                for r in await conn.fetch(f"SELECT name, token FROM {s}.fencing_tokens"):
+                    b.fencing(r[0], r[1])
+                for r in await conn.fetch(f"SELECT key, value FROM {s}.meta"):
+                    b.meta(r[0], r[1])
+        except StorageError:
+            raise
+        except Exception as exc:
+            raise StorageError(f"postgresql load failed: {exc}") from exc
+        return b.build()
+
+    async def write(self, batch: WriteBatch) -> None:
+        pool = self._require()
+        if not batch:
+            return
+        try:
+            async with self._write_lock, pool.acquire() as conn, conn.transaction():
+                await self._write_in(conn, batch)
+        except StorageError:
+            raise
+        except Exception as exc:
+            raise StorageError(f"postgresql write failed: {exc}") from exc
+
+    async def _write_in(self, conn: Any, batch: WriteBatch) -> None:
+        if batch.lww:
+            ups, dels = batch.lww_split()
+            if ups:
+                ms, ks, rows = zip(*ups, strict=True)
+                vs, mil, ctr, nodes, ttls = zip(*rows, strict=True)
+                await conn.execute(self._sql_upsert_lww, ms, ks, vs, mil, ctr, nodes, ttls)
+            if dels:
+                dm, dk = zip(*dels, strict=True)
+                await conn.execute(self._sql_delete_lww, dm, dk)
+        if batch.or_records:
+            oups, odels = batch.or_split()
+            if oups:
+                ms, ks, ts, rows = zip(*oups, strict=True)
+                vs, mil, ctr, nodes, ttls = zip(*rows, strict=True)
+                await conn.execute(self._sql_upsert_or, ms, ks, ts, vs, mil, ctr, nodes, ttls)
+            if odels:
+                dm, dk, dt = zip(*odels, strict=True)
+                await conn.execute(self._sql_delete_or, dm, dk, dt)
+        if batch.or_tombstones:
+            tups, tdels = batch.tombstone_split()
+            if tups:
+                await conn.execute(self._sql_upsert_tomb, *zip(*tups, strict=True))
+            if tdels:
+                await conn.execute(self._sql_delete_tomb, *zip(*tdels, strict=True))
+        if batch.map_kinds:
+            await conn.execute(
+                self._sql_upsert_kind, list(batch.map_kinds), [k.value for k in batch.map_kinds.values()]
+            )
+        if batch.horizons:
+            hs = batch.horizons
+            await conn.execute(
+                self._sql_upsert_horizon,
+                list(hs),
+                [t.millis for t in hs.values()],
+                [t.counter for t in hs.values()],
+                [t.node_id for t in hs.values()],
+            )
+        if batch.counters:
+            await conn.execute(self._sql_upsert_counter, list(batch.counters), list(batch.counters.values()))
+        if batch.fencing:
+            await conn.execute(self._sql_upsert_fencing, list(batch.fencing), list(batch.fencing.values()))
+        if batch.meta:
+            await conn.execute(self._sql_upsert_meta, list(batch.meta), list(batch.meta.values()))
+
+    def __repr__(self) -> str:
+        return f"PostgresStorage(schema={self.schema!r})"
