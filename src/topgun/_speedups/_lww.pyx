@@ -1,0 +1,234 @@
+# cython: language_level=3
+"""Compiled twin of :mod:`topgun.core._lww_py` (same names, same results).
+
+A merge compares timestamps in C, advances a compiled HLC through its C
+method and updates the compiled Merkle tree with an item hash computed in the
+same pass that yields the key's route, so ``merge_many`` runs without Python
+calls per record.
+"""
+
+from libc.stdint cimport uint32_t
+from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
+from cpython.object cimport PyObject
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.tuple cimport PyTuple_Check, PyTuple_GET_SIZE, PyTuple_GET_ITEM
+
+from topgun._speedups._hashing cimport c_item_hash
+from topgun._speedups._hlc cimport HLC, ts_cmp
+
+from topgun._speedups._hlc import wall_millis
+from topgun.core.records import LWWRecord
+from topgun.errors import ClockError
+
+__all__ = ["LWWMap"]
+
+cdef object _LWWRecord = LWWRecord
+cdef object _tuple_new = tuple.__new__
+
+
+cdef inline object _ts_of(object record):
+    if PyTuple_Check(record) and PyTuple_GET_SIZE(record) >= 2:
+        return <object>PyTuple_GET_ITEM(record, 1)
+    return record[1]
+
+
+cdef inline bint _is_live(object record, object now) except -1:
+    cdef object value = record[0]
+    cdef object ttl
+    if value is None:
+        return False
+    ttl = record[2]
+    return ttl is None or not (record[1][0] + ttl < now)
+
+
+cdef class LWWMap:
+    """One replica of an LWW-Map (see :class:`topgun.core._lww_py.LWWMap`)."""
+
+    def __init__(self, hlc=None, *, merkle=True, wall_clock=None):
+        self._hlc = hlc
+        self._chlc = hlc if isinstance(hlc, HLC) else None
+        self._data = {}
+        self._merkle = MerkleTree() if merkle else None
+        if wall_clock is None:
+            wall_clock = getattr(hlc, "wall_clock", None) or wall_millis
+        self._wall = wall_clock
+
+    @property
+    def hlc(self):
+        """The attached clock, or None."""
+        return self._hlc
+
+    @property
+    def merkle(self):
+        """The maintained Merkle tree, or None when created with ``merkle=False``."""
+        return self._merkle
+
+    @property
+    def root_hash(self):
+        """Merkle root over every record, tombstones and expired records included."""
+        cdef MerkleTree tree
+        if self._merkle is not None:
+            return self._merkle.root_hash
+        tree = MerkleTree()
+        for k, r in self._data.items():
+            self._track_into(tree, k, r)
+        return tree.root_hash
+
+    cdef int _track_into(self, MerkleTree tree, str key, object record) except -1:
+        cdef uint32_t kh, ih
+        c_item_hash(key, _ts_of(record), &kh, &ih)
+        tree.c_update(key, kh, ih)
+        return 0
+
+    cdef int _track(self, str key, object record) except -1:
+        if self._merkle is not None:
+            self._track_into(self._merkle, key, record)
+        return 0
+
+    # -- local writes ------------------------------------------------------------------------------
+
+    cdef object _stamp(self):
+        if self._chlc is not None:
+            return self._chlc.c_now()
+        if self._hlc is None:
+            raise ClockError("this LWWMap has no HLC, so it cannot stamp local writes")
+        return self._hlc.now()
+
+    def set(self, str key not None, value, ttl_ms=None):
+        """Write ``value`` under ``key`` with a fresh timestamp; return the stored record."""
+        record = _tuple_new(_LWWRecord, (value, self._stamp(), ttl_ms))
+        self._data[key] = record
+        self._track(key, record)
+        return record
+
+    def remove(self, str key not None):
+        """Store a tombstone for ``key`` with a fresh timestamp; return it."""
+        record = _tuple_new(_LWWRecord, (None, self._stamp(), None))
+        self._data[key] = record
+        self._track(key, record)
+        return record
+
+    # -- remote merges -----------------------------------------------------------------------------
+
+    cdef bint c_merge(self, str key, object record) except -1:
+        cdef object ts = _ts_of(record)
+        cdef PyObject* local
+        if self._chlc is not None:
+            self._chlc.c_update(ts)
+        elif self._hlc is not None:
+            self._hlc.update(ts)
+        local = PyDict_GetItem(self._data, key)
+        if local != NULL and ts_cmp(ts, _ts_of(<object>local)) <= 0:
+            return False
+        PyDict_SetItem(self._data, key, record)
+        if self._merkle is not None:
+            self._track_into(self._merkle, key, record)
+        return True
+
+    def merge(self, str key not None, record):
+        """Merge a remote record; True when it replaced the local one."""
+        return self.c_merge(key, record)
+
+    def merge_many(self, pairs):
+        """Merge ``(key, record)`` pairs in order; return the keys that changed, in order."""
+        cdef list changed = []
+        cdef object key, record
+        cdef Py_ssize_t i, n
+        cdef list lst
+        if type(pairs) is list:
+            lst = <list>pairs
+            n = PyList_GET_SIZE(lst)
+            for i in range(n):
+                pair = <object>PyList_GET_ITEM(lst, i)
+                if PyTuple_Check(pair) and PyTuple_GET_SIZE(pair) == 2:
+                    key = <object>PyTuple_GET_ITEM(pair, 0)
+                    record = <object>PyTuple_GET_ITEM(pair, 1)
+                else:
+                    key, record = pair
+                if type(key) is not str:
+                    raise TypeError(f"keys must be str, not {type(key).__name__}")
+                if self.c_merge(<str>key, record):
+                    changed.append(key)
+        else:
+            for key, record in pairs:
+                if type(key) is not str:
+                    raise TypeError(f"keys must be str, not {type(key).__name__}")
+                if self.c_merge(<str>key, record):
+                    changed.append(key)
+        return changed
+
+    # -- reads -------------------------------------------------------------------------------------
+
+    def get(self, key):
+        """The live value of ``key``; None for absent keys, tombstones and expired records."""
+        r = self._data.get(key)
+        if r is None or not _is_live(r, self._wall()):
+            return None
+        return r[0]
+
+    def get_record(self, key):
+        """The stored record of ``key`` (tombstones and expired records included), or None."""
+        return self._data.get(key)
+
+    def __contains__(self, key):
+        r = self._data.get(key) if type(key) is str else None
+        return r is not None and _is_live(r, self._wall())
+
+    def __len__(self):
+        now = self._wall()
+        cdef Py_ssize_t n = 0
+        for r in self._data.values():
+            if _is_live(r, now):
+                n += 1
+        return n
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def keys(self):
+        """Keys of live records."""
+        now = self._wall()
+        return [k for k, r in self._data.items() if _is_live(r, now)]
+
+    def values(self):
+        """Values of live records."""
+        now = self._wall()
+        return [r[0] for r in self._data.values() if _is_live(r, now)]
+
+    def items(self):
+        """``(key, value)`` of live records."""
+        now = self._wall()
+        return [(k, r[0]) for k, r in self._data.items() if _is_live(r, now)]
+
+    def records(self):
+        """Every ``(key, record)``, tombstones and expired records included."""
+        return list(self._data.items())
+
+    @property
+    def record_count(self):
+        """Number of stored records, tombstones and expired records included."""
+        return len(self._data)
+
+    # -- maintenance -------------------------------------------------------------------------------
+
+    def prune(self, older_than):
+        """Delete tombstones whose timestamp is before ``older_than``; return their keys."""
+        cdef list doomed = []
+        cdef uint32_t kh, ih
+        for k, r in self._data.items():
+            if r[0] is None and ts_cmp(_ts_of(r), older_than) < 0:
+                doomed.append(k)
+        for k in doomed:
+            del self._data[k]
+            if self._merkle is not None:
+                self._merkle.remove(k)
+        return doomed
+
+    def clear(self):
+        """Drop every record (and the Merkle contents); the clock is left alone."""
+        self._data.clear()
+        if self._merkle is not None:
+            self._merkle.clear()
+
+    def __repr__(self):
+        return f"LWWMap(records={len(self._data)}, root={self.root_hash})"
