@@ -1,0 +1,251 @@
+"""Transport adapter over ``picows`` (a Cython WebSocket library).
+
+picows delivers frames, not messages, so fragmented binary messages are
+reassembled here (with the size limit checked across fragments). Sends go
+straight to the asyncio transport; its write-buffer size is what the
+slow-consumer policy measures. Plain HTTP is answered by returning a non-101
+response from the listener factory, which picows sends with
+``Connection: close``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from picows import (
+    WSCloseCode,
+    WSFrame,
+    WSListener,
+    WSMsgType,
+    WSTransport,
+    WSUpgradeRequest,
+    WSUpgradeResponse,
+    WSUpgradeResponseWithListener,
+    ws_create_server,
+)
+
+from topgun.server.transport.base import CloseCode, ConnectionListener, TransportServer, next_connection_id
+
+__all__ = ["PicowsTransport"]
+
+log = logging.getLogger("topgun.transport")
+
+#: Seconds a closing connection may take to flush before it is aborted.
+_ABORT_AFTER = 5.0
+
+_BINARY = WSMsgType.BINARY
+_CONTINUATION = WSMsgType.CONTINUATION
+_TEXT = WSMsgType.TEXT
+_CLOSE_FRAME = WSMsgType.CLOSE
+
+
+def _close_code(code: int) -> WSCloseCode:
+    try:
+        return WSCloseCode(code)
+    except ValueError:
+        return WSCloseCode.POLICY_VIOLATION
+
+
+class _PicowsConnection(WSListener):  # type: ignore[misc]
+    """Both the picows listener and the :class:`~topgun.server.transport.base.Connection`."""
+
+    def __init__(self, server: PicowsTransport) -> None:
+        super().__init__()
+        self._server = server
+        self.id = next_connection_id()
+        self.remote = "?"
+        self._transport: WSTransport | None = None
+        self._listener: ConnectionListener | None = None
+        self._closed = False
+        self._close_sent = False
+        self._paused = False
+        self._paused_frames = 0
+        # Fragment reassembly: None when no binary message is in progress.
+        self._parts: list[bytes] | None = None
+        self._parts_size = 0
+        self._in_text = False
+
+    # -- Connection ------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._closed or self._close_sent
+
+    def send(self, data: bytes) -> None:
+        t = self._transport
+        if t is None or self._closed or self._close_sent:
+            return
+        t.send(_BINARY, data)
+        if self._paused:
+            self._paused_frames += 1
+
+    def close(self, code: int, reason: str = "", *, drop_pending: bool = False) -> None:
+        t = self._transport
+        if t is None or self._closed or self._close_sent:
+            return
+        self._close_sent = True
+        try:
+            t.send_close(_close_code(code), reason.encode("utf-8")[:120])
+        except Exception:
+            pass
+        t.disconnect(graceful=True)
+        if drop_pending or self._paused:
+            asyncio.get_running_loop().call_later(_ABORT_AFTER, self._abort)
+
+    def _abort(self) -> None:
+        if not self._closed and self._transport is not None:
+            self._transport.disconnect(graceful=False)
+
+    def outbound_bytes(self) -> int:
+        t = self._transport
+        if t is None:
+            return 0
+        return int(t.underlying_transport.get_write_buffer_size())
+
+    def outbound_frames(self) -> int:
+        return self._paused_frames
+
+    # -- WSListener ------------------------------------------------------------------------
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self._transport = transport
+        peer = transport.underlying_transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self.remote = f"{peer[0]}:{peer[1]}"
+        self._server._connections.add(self)
+        self._server._idle.clear()
+        self._listener = self._server.handler.on_connect(self)
+
+    def _deliver(self, data: bytes) -> None:
+        listener = self._listener
+        if listener is None:
+            return
+        try:
+            listener.on_message(data)
+        except Exception:
+            log.exception("connection %d: listener failed", self.id)
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        mtype = frame.msg_type
+        if mtype is _BINARY:
+            if frame.fin:
+                self._parts = None
+                self._deliver(frame.get_payload_as_bytes())
+            else:
+                self._parts = [frame.get_payload_as_bytes()]
+                self._parts_size = frame.payload_size
+                self._check_size()
+        elif mtype is _CONTINUATION:
+            if self._in_text:
+                if frame.fin:
+                    self._in_text = False
+                return
+            if self._parts is None:
+                return
+            self._parts.append(frame.get_payload_as_bytes())
+            self._parts_size += frame.payload_size
+            if not self._check_size():
+                return
+            if frame.fin:
+                data = b"".join(self._parts)
+                self._parts = None
+                self._deliver(data)
+        elif mtype is _TEXT:
+            # Text messages are never protocol messages (PROTOCOL §1.2).
+            self._in_text = not frame.fin
+        elif mtype is _CLOSE_FRAME:
+            if not self._close_sent:
+                self._close_sent = True
+                transport.send_close(frame.get_close_code(), frame.get_close_message())
+            transport.disconnect()
+
+    def _check_size(self) -> bool:
+        if self._parts_size > self._server.max_message_size:
+            self._parts = None
+            if self._server.on_oversize:
+                self._server.on_oversize()
+            self.close(int(CloseCode.MESSAGE_TOO_BIG), "message too big")
+            return False
+        return True
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._parts = None
+        hs = transport.close_handshake
+        if (
+            hs is not None
+            and hs.sent is not None
+            and hs.sent.code == WSCloseCode.MESSAGE_TOO_BIG
+            and not self._close_sent
+            and self._server.on_oversize
+        ):
+            self._server.on_oversize()
+        listener = self._listener
+        if listener is not None:
+            try:
+                listener.on_close()
+            except Exception:
+                log.exception("connection %d: on_close failed", self.id)
+        server = self._server
+        server._connections.discard(self)
+        if not server._connections:
+            server._idle.set()
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._paused_frames = 0
+
+
+class PicowsTransport(TransportServer):
+    """WebSocket + plain HTTP on one port with picows."""
+
+    name = "picows"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._server: asyncio.Server | None = None
+        self._connections: set[_PicowsConnection] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def _factory(self, request: WSUpgradeRequest) -> Any:
+        try:
+            method = request.method.decode("latin-1")
+            target = request.path.decode("latin-1")
+        except Exception:
+            return None
+        answer = self.routes.route(method, target)
+        if answer is None:
+            return _PicowsConnection(self)
+        headers = {"Content-Type": answer.content_type}
+        if answer.status < 400:
+            response = WSUpgradeResponse.create_ok_response(answer.body, headers)
+        else:
+            response = WSUpgradeResponse.create_error_response(answer.status, answer.body, headers)
+        return WSUpgradeResponseWithListener(response, None)
+
+    async def start(self, host: str, port: int) -> int:
+        self._server = await ws_create_server(
+            self._factory,
+            host,
+            port,
+            max_frame_size=self.max_message_size,
+            logger_name="server",
+            enable_auto_pong=True,
+            websocket_handshake_timeout=10,
+        )
+        sock = self._server.sockets[0]
+        self.port = sock.getsockname()[1]
+        return self.port
+
+    async def stop_accepting(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def wait_closed(self) -> None:
+        await self._idle.wait()
