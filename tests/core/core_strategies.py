@@ -9,8 +9,9 @@ from topgun.core.records import LWWRecord, ORMapRecord, Timestamp
 
 #: Modest example counts: the machine is shared and small. The `twin` fixture only
 #: selects modules and holds no state, so sharing it across examples is safe.
-PROPS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-FEW = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+_CHECKS = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+PROPS = settings(max_examples=60, deadline=None, suppress_health_check=_CHECKS)
+FEW = settings(max_examples=25, deadline=None, suppress_health_check=_CHECKS)
 
 node_ids = st.sampled_from(["a", "b", "c", "node-1", "n2", "z"])
 keys = st.one_of(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 
@@ -190,7 +191,7 @@ def test_max_and_sort_match_tuple_order(twin, stamps):
     assert hlc.sort_timestamps(stamps) == sorted(stamps)
     assert hlc.sort_timestamps(iter(stamps)) == sorted(stamps)
     assert hlc.max_timestamp(stamps) == (max(stamps) if stamps else None)
-    for a, b in zip(stamps, stamps[1:]):
+    for a, b in itertools.pairwise(stamps):
         assert hlc.compare(a, b) == (a > b) - (a < b)
 
 

@@ -205,7 +205,7 @@ def test_replicas_converge_any_order_with_duplicates(twin, ops, seed):
             m.merge(key, rec)
         states.add((tuple(sorted(m.records())), m.root_hash))
     assert len(states) == 1
-    (records, root), = states
+    ((records, _root),) = states
     winners = {}
     for key, rec in ops:
         if key not in winners or rec.timestamp > winners[key].timestamp:

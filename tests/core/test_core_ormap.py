@@ -210,7 +210,7 @@ def test_merge_key_commutative_associative_idempotent(ops, cut):
     i, j = sorted(cut)
     parts = [ops[:i], ops[i:j], ops[j:]]
     a, b, c = (ORMap() for _ in range(3))
-    for m, part in zip((a, b, c), parts):
+    for m, part in zip((a, b, c), parts, strict=True):
         deliver(m, part)
 
     def merged(*maps):

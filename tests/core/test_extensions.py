@@ -10,8 +10,8 @@ from __future__ import annotations
 import importlib
 
 import pytest
-from conftest import TWIN_MODULES, require_extensions
 
+from conftest import TWIN_MODULES, require_extensions
 from topgun import _ext
 
 
