@@ -74,7 +74,7 @@ class RawClient:
                     await self.ws.recv()
         except ConnectionClosed:
             pass
-        rcvd = self.ws.close_rcvd
+        rcvd = self.ws.protocol.close_rcvd
         return (rcvd.code, rcvd.reason) if rcvd is not None else (None, None)
 
     async def ping(self, timestamp: int | float = 1_700_000_000_000.0) -> dict[str, Any]:
@@ -89,3 +89,49 @@ class RawClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+TRANSPORTS = ["picows", "websockets"]
+SECRET = "test-secret-" + "0123456789abcdef" * 4
+
+
+def make_token(
+    secret: str = SECRET,
+    *,
+    sub: str | None = "alice",
+    exp_in: float | None = 300.0,
+    algorithm: str = "HS256",
+    **claims: Any,
+) -> str:
+    """A JWT with ``sub`` and ``exp`` (``None`` omits the claim)."""
+    import jwt
+
+    body: dict[str, Any] = dict(claims)
+    if sub is not None:
+        body["sub"] = sub
+    if exp_in is not None:
+        body["exp"] = int(time.time() + exp_in)
+    return jwt.encode(body, secret, algorithm=algorithm)
+
+
+async def http_get(port: int, path: str, host: str = "127.0.0.1") -> tuple[int, dict[str, str], bytes]:
+    """A minimal HTTP/1.1 GET over a raw socket: (status, headers, body)."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(-1), 5)
+    finally:
+        writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    if "content-length" in headers:
+        body = body[: int(headers["content-length"])]
+    return status, headers, body

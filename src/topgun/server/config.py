@@ -148,6 +148,8 @@ class ServerConfig:
             raise ConfigError("auth_timeout must be positive")
         if self.jwt_secret and self.jwt_public_key:
             raise ConfigError("configure either jwt_secret (HS256) or jwt_public_key (RS256), not both")
+        if self.no_auth and (self.jwt_secret or self.jwt_public_key):
+            raise ConfigError("no_auth conflicts with a configured JWT key; drop one of them")
         if self.jwt_public_key and not Path(self.jwt_public_key).is_file():
             raise ConfigError(f"jwt_public_key file not found: {self.jwt_public_key}")
         if not self.storage or ":" not in self.storage:

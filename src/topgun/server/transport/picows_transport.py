@@ -66,6 +66,7 @@ class _PicowsConnection(WSListener):  # type: ignore[misc]
         self._parts: list[bytes] | None = None
         self._parts_size = 0
         self._in_text = False
+        self._oversize_reported = False
 
     # -- Connection ------------------------------------------------------------------------
     @property
@@ -162,6 +163,7 @@ class _PicowsConnection(WSListener):  # type: ignore[misc]
     def _check_size(self) -> bool:
         if self._parts_size > self._server.max_message_size:
             self._parts = None
+            self._oversize_reported = True
             if self._server.on_oversize:
                 self._server.on_oversize()
             self.close(int(CloseCode.MESSAGE_TOO_BIG), "message too big")
@@ -174,14 +176,12 @@ class _PicowsConnection(WSListener):  # type: ignore[misc]
         self._closed = True
         self._parts = None
         hs = transport.close_handshake
-        if (
-            hs is not None
-            and hs.sent is not None
-            and hs.sent.code == WSCloseCode.MESSAGE_TOO_BIG
-            and not self._close_sent
-            and self._server.on_oversize
-        ):
-            self._server.on_oversize()
+        if hs is not None and hs.sent is not None and not self._oversize_reported:
+            code: Any = hs.sent.code
+            too_big = int(getattr(code, "value", code)) == int(CloseCode.MESSAGE_TOO_BIG)
+            if too_big and self._server.on_oversize:
+                # picows refused a single oversize frame itself
+                self._server.on_oversize()
         listener = self._listener
         if listener is not None:
             try:
