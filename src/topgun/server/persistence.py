@@ -253,10 +253,8 @@ class GroupCommitter:
     @property
     def backlog_rows(self) -> int:
         """Rows recorded but not yet committed (open, sealed and in-flight batches)."""
-        n = len(self._open.batch) + sum(len(p.batch) for p in self._sealed)
-        if self._inflight is not None:
-            n += len(self._inflight.batch)
-        return n
+        # The in-flight batch stays at the head of the sealed queue until it commits.
+        return len(self._open.batch) + sum(len(p.batch) for p in self._sealed)
 
     @property
     def last_error(self) -> StorageError | None:
