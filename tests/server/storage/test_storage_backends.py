@@ -318,9 +318,13 @@ async def test_empty_batch_is_a_no_op(storage_url: str) -> None:
 async def test_large_batch(storage_url: str) -> None:
     n = 5000
 
+    # Big enough for the PostgreSQL COPY path (copy_threshold defaults to 2000 rows).
     def fill(b: WriteBatch) -> None:
         for i in range(n):
-            b.lww_put("big", f"key-{i:05d}", LWWRecord({"i": i, "pad": "x" * (i % 50)}, Timestamp(i, i, "n")))
+            value = None if i % 10 == 3 else {"i": i, "pad": "x" * (i % 50)}
+            b.lww_put(
+                "big", f"key-{i:05d}", LWWRecord(value, Timestamp(i, i, "n"), 500 if i % 7 == 0 else None)
+            )
             b.or_put("bigor", f"k{i % 100}", ORMapRecord(i, Timestamp(i, 0, "n"), f"{i}:0:n"))
 
     await write_once(storage_url, fill)
@@ -328,6 +332,12 @@ async def test_large_batch(storage_url: str) -> None:
     lww = snap.maps["big"].lww
     assert len(lww) == n
     assert lww["key-01234"] == LWWRecord({"i": 1234, "pad": "x" * 34}, Timestamp(1234, 1234, "n"))
+    assert lww["key-01233"] == LWWRecord(None, Timestamp(1233, 1233, "n"))
+    assert lww["key-01232"] == LWWRecord({"i": 1232, "pad": "x" * 32}, Timestamp(1232, 1232, "n"), 500)
+    assert sum(r.is_tombstone for r in lww.values()) == n // 10
+    # A second big batch over the same rows takes the update path.
+    await write_once(storage_url, lambda b: [b.lww_put("big", k, LWWRecord("v2", T3)) for k in list(lww)])
+    assert all(r == LWWRecord("v2", T3) for r in (await reload(storage_url)).maps["big"].lww.values())
     assert sum(len(v) for v in snap.maps["bigor"].or_records.values()) == n
     assert {r.value for r in snap.maps["bigor"].or_records["k7"]} == set(range(7, n, 100))
 

@@ -4,7 +4,10 @@ Each :meth:`PostgresStorage.write` is one transaction of a handful of
 set-based statements, one per table and kind of change: upserts are
 ``INSERT ... SELECT FROM unnest($1::text[], ...) ON CONFLICT DO UPDATE`` and
 deletes are ``DELETE ... USING unnest(...)``, so a batch of 10,000 rows costs a
-few round trips, never one statement per row. Writes are serialised by a lock
+few round trips, never one statement per row. From ``copy_threshold`` rows
+on, record upserts go through ``COPY`` into a transaction-local staging table
+followed by one ``INSERT ... SELECT ... ON CONFLICT DO UPDATE``, which is
+faster for big batches. Writes are serialised by a lock
 so they commit in call order (a later batch always wins over an earlier one
 for the same row) and never deadlock against each other.
 
@@ -74,6 +77,7 @@ class PostgresStorage:
 
     ``schema`` names the PostgreSQL schema holding the tables (created if
     missing; default ``public``). ``dsn`` is handed to asyncpg unchanged.
+    ``copy_threshold``: record upserts per table from which COPY is used.
     """
 
     def __init__(
@@ -85,6 +89,7 @@ class PostgresStorage:
         max_pool_size: int = 4,
         command_timeout_s: float | None = 60.0,
         connect_timeout_s: float = 10.0,
+        copy_threshold: int = 2000,
     ) -> None:
         if not _IDENT.match(schema):
             raise ConfigError(
@@ -100,6 +105,8 @@ class PostgresStorage:
         self.max_pool_size = int(max_pool_size)
         self.command_timeout_s = command_timeout_s
         self.connect_timeout_s = float(connect_timeout_s)
+        #: record upserts per table from which COPY into a staging table replaces unnest()
+        self.copy_threshold = max(1, int(copy_threshold))
         self.schema_version: int | None = None
         self._pool: Any = None
         self._write_lock = asyncio.Lock()
@@ -283,7 +290,9 @@ class PostgresStorage:
     async def _write_in(self, conn: Any, batch: WriteBatch) -> None:
         if batch.lww:
             ups, dels = batch.lww_split()
-            if ups:
+            if len(ups) >= self.copy_threshold:
+                await self._copy_upsert(conn, "lww_records", [(m, k, *row) for m, k, row in ups])
+            elif ups:
                 ms, ks, rows = zip(*ups, strict=True)
                 vs, mil, ctr, nodes, ttls = zip(*rows, strict=True)
                 await conn.execute(self._sql_upsert_lww, ms, ks, vs, mil, ctr, nodes, ttls)
@@ -292,7 +301,9 @@ class PostgresStorage:
                 await conn.execute(self._sql_delete_lww, dm, dk)
         if batch.or_records:
             oups, odels = batch.or_split()
-            if oups:
+            if len(oups) >= self.copy_threshold:
+                await self._copy_upsert(conn, "or_records", [(m, k, tg, *row) for m, k, tg, row in oups])
+            elif oups:
                 ms, ks, ts, rows = zip(*oups, strict=True)
                 vs, mil, ctr, nodes, ttls = zip(*rows, strict=True)
                 await conn.execute(self._sql_upsert_or, ms, ks, ts, vs, mil, ctr, nodes, ttls)
@@ -325,5 +336,38 @@ class PostgresStorage:
         if batch.meta:
             await conn.execute(self._sql_upsert_meta, list(batch.meta), list(batch.meta.values()))
 
+    async def _copy_upsert(self, conn: Any, table: str, rows: list[tuple[Any, ...]]) -> None:
+        # For big batches the binary COPY protocol beats array parameters (measured in
+        # bench/test_bench_storage.py); the staging table lives only inside this transaction.
+        cols, conflict, sets = _COPY_TABLES[table]
+        staging = f"topgun_in_{table}"
+        await conn.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {staging} (LIKE {self._s}.{table}) ON COMMIT DROP"
+        )
+        await conn.copy_records_to_table(staging, records=rows, columns=cols)
+        await conn.execute(
+            f"INSERT INTO {self._s}.{table} ({', '.join(cols)}) SELECT {', '.join(cols)} FROM {staging}"
+            f" ON CONFLICT ({conflict}) DO UPDATE SET {sets}"
+        )
+
     def __repr__(self) -> str:
         return f"PostgresStorage(schema={self.schema!r})"
+
+
+_UPDATE_RECORD = (
+    "value = EXCLUDED.value, millis = EXCLUDED.millis, counter = EXCLUDED.counter,"
+    " node_id = EXCLUDED.node_id, ttl_ms = EXCLUDED.ttl_ms"
+)
+#: table -> (columns in row order, conflict target, SET clause) for the COPY upsert path
+_COPY_TABLES: dict[str, tuple[list[str], str, str]] = {
+    "lww_records": (
+        ["map", "key", "value", "millis", "counter", "node_id", "ttl_ms"],
+        "map, key",
+        _UPDATE_RECORD,
+    ),
+    "or_records": (
+        ["map", "key", "tag", "value", "millis", "counter", "node_id", "ttl_ms"],
+        "map, key, tag",
+        _UPDATE_RECORD,
+    ),
+}

@@ -12,7 +12,8 @@ URL                                        Storage
 
 Query parameters: SQLite takes ``synchronous`` (``normal``/``full``) and
 ``busy_timeout_ms``; PostgreSQL takes ``schema``, ``min_pool_size``,
-``max_pool_size``, ``command_timeout_s`` and ``connect_timeout_s``, and passes
+``max_pool_size``, ``command_timeout_s``, ``connect_timeout_s`` and
+``copy_threshold``, and passes
 every other parameter (``sslmode``, …) to asyncpg. Keyword options given to
 :func:`open_storage` override the URL's.
 """
@@ -38,6 +39,7 @@ _PG_OPTS: dict[str, type] = {
     "max_pool_size": int,
     "command_timeout_s": float,
     "connect_timeout_s": float,
+    "copy_threshold": int,
 }
 _PG_SCHEMES = {"postgresql", "postgres", "postgresql+asyncpg", "postgres+asyncpg"}
 
