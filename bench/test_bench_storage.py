@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -189,6 +190,51 @@ def test_record_into_batch(benchmark: Any) -> None:
     rate = ROWS / benchmark.stats.stats.median
     benchmark.extra_info["rows_per_s"] = round(rate)
     RESULTS["WriteBatch.lww_put (record)"] = rate
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_group_commit_throughput(loop: asyncio.AbstractEventLoop, tmp_path: Path, kind: str) -> None:
+    """PRODUCERS tasks each write one key and wait for its commit, over and over (PERSISTED acks)."""
+    from topgun.server.persistence import GroupCommitter
+
+    producers, per_producer = 200, 100
+    drop: Callable[[], None] = lambda: None  # noqa: E731
+    if kind == "sqlite":
+        url = f"sqlite:///{tmp_path}/gc.db"
+    else:
+        url, drop = pg_schema_url(loop)
+    store: Storage = open_storage(url)
+
+    async def run() -> tuple[float, GroupCommitter]:
+        await store.open()
+        committer = GroupCommitter(store)
+
+        async def producer(p: int) -> None:
+            for i in range(per_producer):
+                rec = LWWRecord({"p": p, "i": i}, Timestamp(1_700_000_000_000, i, "node-bench"))
+                await committer.submit(lambda b, k=f"p{p}-{i}", r=rec: b.lww_put("gc", k, r))
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(producer(p) for p in range(producers)))
+        elapsed = time.perf_counter() - t0
+        await committer.close()
+        await store.close()
+        return elapsed, committer
+
+    try:
+        elapsed, committer = loop.run_until_complete(run())
+    finally:
+        drop()
+    ops = producers * per_producer
+    st = committer.stats
+    RESULTS[f"{kind} group commit, {producers} waiting producers (ops/s)"] = ops / elapsed
+    print(
+        f"\n{kind}: {ops} acknowledged ops in {elapsed:.2f} s, {st.commits} transactions,"
+        f" {st.rows / st.commits:.0f} rows/transaction,"
+        f" commit p50 <= {st.latency.quantile(0.5) * 1000:.1f} ms,"
+        f" p99 <= {st.latency.quantile(0.99) * 1000:.1f} ms"
+    )
+    assert st.rows == ops
 
 
 def teardown_module() -> None:
