@@ -513,3 +513,25 @@ async def test_registry_refuses_session_kinds() -> None:
     assert reg.kinds() == ["OP_BATCH"]
     reg.unregister("OP_BATCH")
     assert reg.kinds() == []
+
+
+async def test_inbound_queue_bound_disconnects_flooding_client(transport: str) -> None:
+    gate = asyncio.Event()
+    handled: list[str] = []
+
+    async def blocked(ctx: RequestContext, msg: Any) -> None:
+        handled.append(msg.topic)
+        await gate.wait()
+
+    async with serving(transport, recv_queue_max_frames=5) as server:
+        server.processors.register(MessageType.TOPIC_SUB, blocked)
+        c = await RawClient.open(url(server))
+        for i in range(10):
+            await c.send({"type": "TOPIC_SUB", "payload": {"topic": f"t{i}"}})
+        code, reason = await c.wait_closed()
+        assert code == 1013 and reason == "inbound queue over limit"
+        gate.set()
+        assert handled == ["t0"]  # queued messages of a dropped connection are discarded
+        ok = await RawClient.open(url(server))
+        assert (await ok.ping())["type"] == "PONG"
+        await ok.close()

@@ -90,6 +90,8 @@ class ServerConfig:
     send_queue_max_frames: int = 50_000
     #: Inbound messages waiting for in-order processing before the connection is dropped.
     recv_queue_max_frames: int = 10_000
+    #: Inbound bytes waiting for in-order processing before the connection is dropped.
+    recv_queue_max_bytes: int = 32 * 1024 * 1024
 
     # -- runtime ---------------------------------------------------------------------------
     transport: TransportKind = TransportKind.PICOWS
@@ -135,7 +137,7 @@ class ServerConfig:
         if not isinstance(self.port, int) or isinstance(self.port, bool) or not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be an integer in 0..65535, got {self.port!r}")
         for name in ("max_message_size", "send_queue_max_bytes", "send_queue_max_frames",
-                     "recv_queue_max_frames"):
+                     "recv_queue_max_frames", "recv_queue_max_bytes"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")

@@ -267,13 +267,15 @@ class Session:
         self._auth_answered = False
         self._device_answered = False
         self._cleanups: list[CleanupHook] = []
-        self._queue: deque[Any] = deque()
+        self._queue: deque[tuple[Any, int]] = deque()
+        self._queued_bytes = 0
         self._task: asyncio.Task[None] | None = None
         self._finished = False
         cfg = hub.config
         self._max_out_bytes = cfg.send_queue_max_bytes
         self._max_out_frames = cfg.send_queue_max_frames
         self._max_in_frames = cfg.recv_queue_max_frames
+        self._max_in_bytes = cfg.recv_queue_max_bytes
 
     # -- RequestContext ------------------------------------------------------------------
     @property
@@ -324,6 +326,7 @@ class Session:
             return
         self.state = SessionState.CLOSED
         self._queue.clear()
+        self._queued_bytes = 0
         self.conn.close(code, reason, drop_pending=drop_pending)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -401,7 +404,7 @@ class Session:
             log.debug("connection %d: frame could not be decoded: %r", self.connection_id, exc)
             self._on_undecodable(ProtocolError(f"malformed message: {exc}"), None)
             return
-        self._on_decoded(msg)
+        self._on_decoded(msg, len(data))
 
     def _on_undecodable(self, exc: ProtocolError, type_name: str | None) -> None:
         if self.state is not SessionState.OPEN:
@@ -420,7 +423,7 @@ class Session:
         log.debug("connection %d: invalid message: %s", self.connection_id, exc)
         self.send_error(exc.code if 400 <= exc.code < 600 else 400, str(exc))
 
-    def _on_decoded(self, msg: Any) -> None:
+    def _on_decoded(self, msg: Any, size: int) -> None:
         kind: MessageType = msg.TYPE
         self.hub.metrics.messages_received.inc(kind.value)
         if self.state is SessionState.AWAIT_AUTH:
@@ -436,11 +439,12 @@ class Session:
             self._handle_batch(msg)
             return
         if self._task is not None:
-            if len(self._queue) >= self._max_in_frames:
+            if len(self._queue) >= self._max_in_frames or self._queued_bytes + size > self._max_in_bytes:
                 log.warning("connection %d: inbound queue over its bound; disconnecting", self.connection_id)
                 self.close(int(CloseCode.TRY_AGAIN_LATER), "inbound queue over limit", drop_pending=True)
                 return
-            self._queue.append(msg)
+            self._queue.append((msg, size))
+            self._queued_bytes += size
             return
         result = self._dispatch(msg)
         if result is not None:
@@ -510,7 +514,9 @@ class Session:
                         self._report_failure("?", exc)
                 if self.state is SessionState.CLOSED or not self._queue:
                     return
-                current = self._dispatch(self._queue.popleft())
+                msg, size = self._queue.popleft()
+                self._queued_bytes -= size
+                current = self._dispatch(msg)
         finally:
             self._task = None
 

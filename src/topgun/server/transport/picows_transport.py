@@ -77,6 +77,9 @@ class _PicowsConnection(WSListener):  # type: ignore[misc]
         t = self._transport
         if t is None or self._closed or self._close_sent:
             return
+        if t.underlying_transport.is_closing():
+            # The peer is gone but frames it sent earlier are still being dispatched.
+            return
         t.send(_BINARY, data)
         if self._paused:
             self._paused_frames += 1
