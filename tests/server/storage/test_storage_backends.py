@@ -474,3 +474,47 @@ async def test_postgres_concurrent_opens_migrate_once(pg_url: str) -> None:
         assert all(getattr(s, "schema_version", None) == SCHEMA_VERSION for s in stores)
     finally:
         await asyncio.gather(*(s.close() for s in stores))
+
+
+def test_rows_no_backend_can_store_are_refused_when_recorded() -> None:
+    b = WriteBatch()
+    ok = Timestamp(1, 0, "n")
+    cases = [
+        lambda: b.lww_put("m", "k\x00", LWWRecord(1, ok)),
+        lambda: b.lww_put("m\x00", "k", LWWRecord(1, ok)),
+        lambda: b.lww_put("m", "k", LWWRecord(1, Timestamp(1, 0, "n\x00"))),
+        lambda: b.lww_put("m", "k", LWWRecord(1, Timestamp(2**63, 0, "n"))),
+        lambda: b.lww_put("m", "k", LWWRecord(1, ok, 2**63)),
+        lambda: b.or_put("m", "k", ORMapRecord(1, ok, "t\x00")),
+        lambda: b.or_put("m", "k", ORMapRecord(1, Timestamp(0, 2**64, "n"), "t")),
+        lambda: b.or_tombstone_put("m", "t", "k", 2**64),
+        lambda: b.or_tombstone_put("m", "t\x00", "k", 1),
+        lambda: b.set_map_kind("m\x00", MapKind.LWW),
+        lambda: b.set_prune_horizon("m", Timestamp(-1, 0, "n")),
+        lambda: b.set_counter("c\x00", {"p": {}, "n": {}}),
+        lambda: b.set_fencing("l", 2**63),
+        lambda: b.set_meta("k", "v\x00"),
+    ]
+    for i, case in enumerate(cases):
+        with pytest.raises(StorageError):
+            case()
+        assert not b, f"case {i} left a row behind"
+
+
+async def test_64_bit_boundaries_round_trip(storage_url: str) -> None:
+    big = Timestamp(2**63 - 1, 2**32 - 1, "n")
+
+    def fill(b: WriteBatch) -> None:
+        b.lww_put("m", "max", LWWRecord("v", big, 2**63 - 1))
+        b.or_put("o", "k", ORMapRecord("v", big, str(big), 1))
+        b.or_tombstone_put("o", "old", "k", 2**63 - 1)
+        b.set_fencing("l", 2**63 - 1)
+        b.set_prune_horizon("m", big)
+
+    await write_once(storage_url, fill)
+    snap = await reload(storage_url)
+    assert snap.maps["m"].lww["max"] == LWWRecord("v", big, 2**63 - 1)
+    assert snap.maps["o"].or_records["k"] == [ORMapRecord("v", big, str(big), 1)]
+    assert snap.maps["o"].or_tombstones["old"] == ("k", 2**63 - 1)
+    assert snap.fencing["l"] == 2**63 - 1
+    assert snap.maps["m"].prune_horizon == big

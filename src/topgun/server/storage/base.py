@@ -13,8 +13,11 @@ hot key written a thousand times between two commits costs one row write.
 
 Values are encoded to MsgPack bytes when they are recorded (not when they are
 written), so a value object mutated after it was staged cannot change what is
-stored, and an unencodable value fails in the caller instead of poisoning a
-transaction that would then be retried forever.
+stored. Everything a backend could refuse (an unencodable value, a NUL
+character in a text column, an integer beyond 64 bits) is refused when it is
+recorded, with a :class:`~topgun.errors.StorageError` raised to the caller:
+a row that can never be written must not reach a transaction, because the
+group committer retries failed transactions until they succeed.
 """
 
 from __future__ import annotations
@@ -87,6 +90,36 @@ def decode_value(data: bytes) -> Any:
     return msgpack.unpackb(data, raw=False, timestamp=0, strict_map_key=False)
 
 
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
+
+
+def _nul_error(what: str) -> StorageError:
+    return StorageError(f"{what} contains a NUL character, which storage cannot hold (PostgreSQL text)")
+
+
+def _int64(n: int, what: str) -> int:
+    n = int(n)
+    if not _INT64_MIN <= n <= _INT64_MAX:
+        raise StorageError(f"{what} {n} does not fit a signed 64-bit integer column")
+    return n
+
+
+def _ts_row(ts: Timestamp) -> tuple[int, int, str]:
+    millis = int(ts.millis)
+    counter = int(ts.counter)
+    if not (0 <= millis <= _INT64_MAX and 0 <= counter <= _INT64_MAX):
+        raise StorageError(f"timestamp {ts!s} does not fit signed 64-bit integer columns")
+    node = ts.node_id
+    if "\x00" in node:
+        raise _nul_error("timestamp node id")
+    return millis, counter, node
+
+
+def _ttl(ttl_ms: int | None) -> int | None:
+    return None if ttl_ms is None else _int64(ttl_ms, "ttl_ms")
+
+
 # Row shapes held by a WriteBatch (values already encoded; ``None`` value = LWW tombstone).
 #: ``(value bytes or None, millis, counter, node_id, ttl_ms)``
 LWWRow = tuple["bytes | None", int, int, str, "int | None"]
@@ -138,14 +171,16 @@ class WriteBatch:
     # -- LWW ---------------------------------------------------------------------------------
     def lww_put(self, map_name: str, key: str, record: LWWRecord) -> None:
         """Store ``record`` (a tombstone when ``record.value is None``) as the row of ``(map, key)``."""
-        ts = record.timestamp
+        if "\x00" in map_name or "\x00" in key:
+            raise _nul_error("map name or key")
+        millis, counter, node = _ts_row(record.timestamp)
         value = record.value
         self.lww[(map_name, key)] = (
             None if value is None else encode_value(value),
-            int(ts.millis),
-            int(ts.counter),
-            ts.node_id,
-            None if record.ttl_ms is None else int(record.ttl_ms),
+            millis,
+            counter,
+            node,
+            _ttl(record.ttl_ms),
         )
         self.recorded += 1
 
@@ -157,13 +192,16 @@ class WriteBatch:
     # -- OR ----------------------------------------------------------------------------------
     def or_put(self, map_name: str, key: str, record: ORMapRecord) -> None:
         """Store the OR record ``record`` under ``key`` (identified by ``(map, key, record.tag)``)."""
-        ts = record.timestamp
-        self.or_records[(map_name, key, record.tag)] = (
+        tag = record.tag
+        if "\x00" in map_name or "\x00" in key or "\x00" in tag:
+            raise _nul_error("map name, key or tag")
+        millis, counter, node = _ts_row(record.timestamp)
+        self.or_records[(map_name, key, tag)] = (
             encode_value(record.value),
-            int(ts.millis),
-            int(ts.counter),
-            ts.node_id,
-            None if record.ttl_ms is None else int(record.ttl_ms),
+            millis,
+            counter,
+            node,
+            _ttl(record.ttl_ms),
         )
         self.recorded += 1
 
@@ -174,7 +212,9 @@ class WriteBatch:
 
     def or_tombstone_put(self, map_name: str, tag: str, key: str, removed_at_ms: int) -> None:
         """Record that ``tag`` (of ``key``) was removed at server time ``removed_at_ms``."""
-        self.or_tombstones[(map_name, tag)] = (key, int(removed_at_ms))
+        if "\x00" in map_name or "\x00" in key or "\x00" in tag:
+            raise _nul_error("map name, key or tag")
+        self.or_tombstones[(map_name, tag)] = (key, _int64(removed_at_ms, "removed_at_ms"))
         self.recorded += 1
 
     def or_tombstone_delete(self, map_name: str, tag: str) -> None:
@@ -185,28 +225,39 @@ class WriteBatch:
     # -- per map -----------------------------------------------------------------------------
     def set_map_kind(self, map_name: str, kind: MapKind) -> None:
         """Persist the kind of ``map_name``."""
+        if "\x00" in map_name:
+            raise _nul_error("map name")
         self.map_kinds[map_name] = MapKind(kind)
         self.recorded += 1
 
     def set_prune_horizon(self, map_name: str, horizon: Timestamp) -> None:
         """Persist the prune horizon ``P(M)`` of ``map_name`` (PROTOCOL §5.10)."""
-        self.horizons[map_name] = Timestamp(int(horizon.millis), int(horizon.counter), horizon.node_id)
+        if "\x00" in map_name:
+            raise _nul_error("map name")
+        self.horizons[map_name] = Timestamp(*_ts_row(horizon))
         self.recorded += 1
 
     # -- server-wide -------------------------------------------------------------------------
     def set_counter(self, name: str, state: CounterState) -> None:
         """Persist the full PN-counter state of ``name`` (``{"p": {...}, "n": {...}}``)."""
+        if "\x00" in name:
+            raise _nul_error("counter name")
         self.counters[name] = encode_value({"p": dict(state.get("p", {})), "n": dict(state.get("n", {}))})
         self.recorded += 1
 
     def set_fencing(self, name: str, token: int) -> None:
         """Persist the last fencing token issued for lock ``name``."""
-        self.fencing[name] = int(token)
+        if "\x00" in name:
+            raise _nul_error("lock name")
+        self.fencing[name] = _int64(token, "fencing token")
         self.recorded += 1
 
     def set_meta(self, key: str, value: str) -> None:
         """Persist a small server-wide setting (e.g. ``"node_id"``)."""
-        self.meta[key] = str(value)
+        value = str(value)
+        if "\x00" in key or "\x00" in value:
+            raise _nul_error("meta key or value")
+        self.meta[key] = value
         self.recorded += 1
 
     # -- bookkeeping -------------------------------------------------------------------------
