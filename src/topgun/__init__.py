@@ -9,4 +9,13 @@ from topgun.errors import TopGunError
 
 __version__ = "0.1.0"
 
-__all__ = ["LWWRecord", "ORMapRecord", "Timestamp", "TopGunError", "__version__"]
+__all__ = ["LWWRecord", "ORMapRecord", "Timestamp", "TopGunClient", "TopGunError", "__version__"]
+
+
+def __getattr__(name: str) -> object:
+    # The client SDK is imported lazily so that ``import topgun`` stays light for the server.
+    if name == "TopGunClient":
+        from topgun.client import TopGunClient
+
+        return TopGunClient
+    raise AttributeError(f"module 'topgun' has no attribute {name!r}")

@@ -92,6 +92,7 @@ class TopGunClient:
             self.url, self._engine, token=self._token, settings=self._settings, set_state=self._set_state
         )
         if self._autoconnect:
+            self._set_state(ConnectionState.CONNECTING)
             self._connector.start()
 
     async def close(self) -> None:
