@@ -10,6 +10,7 @@ cdef class LWWMap:
     cdef object _wall
 
     cdef bint c_merge(self, str key, object record) except -1
+    cdef bint _merge_data(self, str key, object record, object ts) except -1
     cdef int _track(self, str key, object record) except -1
     cdef int _track_into(self, MerkleTree tree, str key, object record) except -1
     cdef object _stamp(self)

@@ -8,7 +8,11 @@ calls per record.
 """
 
 from libc.stdint cimport uint32_t
-from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
+from libc.stdlib cimport malloc, free
+from cpython.dict cimport PyDict_GetItem, PyDict_SetItem, PyDict_SetDefault
+
+cdef extern from "Python.h":
+    Py_ssize_t PyDict_GET_SIZE(object)
 from cpython.object cimport PyObject
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.tuple cimport PyTuple_Check, PyTuple_GET_SIZE, PyTuple_GET_ITEM
@@ -110,17 +114,27 @@ cdef class LWWMap:
 
     # -- remote merges -----------------------------------------------------------------------------
 
-    cdef bint c_merge(self, str key, object record) except -1:
-        cdef object ts = _ts_of(record)
+    cdef bint _merge_data(self, str key, object record, object ts) except -1:
+        """Clock update and LWW decision for one record; the Merkle tree is left to the caller."""
         cdef PyObject* local
+        cdef Py_ssize_t size
         if self._chlc is not None:
             self._chlc.c_update(ts)
         elif self._hlc is not None:
             self._hlc.update(ts)
-        local = PyDict_GetItem(self._data, key)
-        if local != NULL and ts_cmp(ts, _ts_of(<object>local)) <= 0:
+        # One probe for the common case (a new key); the size tells an insert apart
+        # from finding the very same record object already stored.
+        size = PyDict_GET_SIZE(self._data)
+        local = PyDict_SetDefault(self._data, key, record)
+        if PyDict_GET_SIZE(self._data) == size:
+            if ts_cmp(ts, _ts_of(<object>local)) <= 0:
+                return False
+            PyDict_SetItem(self._data, key, record)
+        return True
+
+    cdef bint c_merge(self, str key, object record) except -1:
+        if not self._merge_data(key, record, _ts_of(record)):
             return False
-        PyDict_SetItem(self._data, key, record)
         if self._merkle is not None:
             self._track_into(self._merkle, key, record)
         return True
@@ -131,13 +145,25 @@ cdef class LWWMap:
 
     def merge_many(self, pairs):
         """Merge ``(key, record)`` pairs in order; return the keys that changed, in order."""
+        cdef list lst = pairs if type(pairs) is list else list(pairs)
+        cdef Py_ssize_t i, n = len(lst)
         cdef list changed = []
-        cdef object key, record
-        cdef Py_ssize_t i, n
-        cdef list lst
-        if type(pairs) is list:
-            lst = <list>pairs
-            n = PyList_GET_SIZE(lst)
+        cdef list held = []
+        cdef object key, record, ts, pair
+        cdef PyObject** bkeys = NULL
+        cdef uint32_t* bkh = NULL
+        cdef uint32_t* bih = NULL
+        cdef Py_ssize_t nb = 0
+        if self._merkle is not None and n > 0:
+            bkeys = <PyObject**>malloc(n * sizeof(PyObject*))
+            bkh = <uint32_t*>malloc(n * sizeof(uint32_t))
+            bih = <uint32_t*>malloc(n * sizeof(uint32_t))
+            if bkeys == NULL or bkh == NULL or bih == NULL:
+                free(bkeys)
+                free(bkh)
+                free(bih)
+                raise MemoryError()
+        try:
             for i in range(n):
                 pair = <object>PyList_GET_ITEM(lst, i)
                 if PyTuple_Check(pair) and PyTuple_GET_SIZE(pair) == 2:
@@ -145,16 +171,27 @@ cdef class LWWMap:
                     record = <object>PyTuple_GET_ITEM(pair, 1)
                 else:
                     key, record = pair
+                    held.append(key)
                 if type(key) is not str:
                     raise TypeError(f"keys must be str, not {type(key).__name__}")
-                if self.c_merge(<str>key, record):
+                ts = _ts_of(record)
+                if self._merge_data(<str>key, record, ts):
                     changed.append(key)
-        else:
-            for key, record in pairs:
-                if type(key) is not str:
-                    raise TypeError(f"keys must be str, not {type(key).__name__}")
-                if self.c_merge(<str>key, record):
-                    changed.append(key)
+                    if bkeys != NULL:
+                        c_item_hash(<str>key, ts, &bkh[nb], &bih[nb])
+                        bkeys[nb] = <PyObject*>key
+                        nb += 1
+        finally:
+            # The tree catches up with every record already stored, even when a
+            # record further on raised (for example a strict clock's drift error).
+            if bkeys != NULL:
+                try:
+                    if nb:
+                        self._merkle.c_apply_batch(bkeys, bkh, bih, nb)
+                finally:
+                    free(bkeys)
+                    free(bkh)
+                    free(bih)
         return changed
 
     # -- reads -------------------------------------------------------------------------------------
