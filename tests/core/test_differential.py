@@ -271,3 +271,49 @@ def test_timestamp_batches(pure, compiled, stamps):
     for a in stamps[:6]:
         for b in stamps[:6]:
             assert c.compare(a, b) == p.compare(a, b)
+
+
+def _big_batch(seed: int, n: int) -> list[tuple[str, LWWRecord]]:
+    import random
+
+    rng = random.Random(seed)
+    pairs = []
+    for i in range(n):
+        key = f"k{rng.randrange(n // 3)}"  # many repeated keys inside one batch
+        ts = Timestamp(rng.randrange(50), rng.randrange(3), rng.choice("abc"))
+        pairs.append((key, LWWRecord(i if i % 7 else None, ts)))
+    return pairs
+
+
+def test_large_batches_grouped_by_leaf(pure, compiled):
+    # Batches above the grouping threshold take the leaf-grouped path of the compiled tree.
+    pairs = _big_batch(1, 20_000)
+    mp, mc = pure.lww.LWWMap(), compiled.lww.LWWMap()
+    assert mc.merge_many(pairs) == mp.merge_many(pairs)
+    assert mc.merge_many(iter(pairs[::-1])) == mp.merge_many(pairs[::-1])
+    assert tree_dump(mc.merkle) == tree_dump(mp.merkle)
+    assert sorted(mc.records()) == sorted(mp.records())
+    tp, tc = pure.merkle.MerkleTree(), compiled.merkle.MerkleTree()
+    items = [(k, i * 2654435761) for i, (k, _) in enumerate(pairs)]
+    tp.update_many(items)
+    tc.update_many([list(p) for p in items])  # non-tuple pairs too
+    assert tree_dump(tc) == tree_dump(tp)
+    assert leaves_dump(tc) == leaves_dump(tp)
+
+
+def test_large_batch_interrupted_by_drift_keeps_tree_consistent(pure, compiled):
+    pairs = _big_batch(2, 9000)
+    pairs.insert(8000, ("late", LWWRecord(1, Timestamp(10**6, 0, "far"))))
+    maps = []
+    for twin in (pure, compiled):
+        m = twin.lww.LWWMap(twin.hlc.HLC("me", wall_clock=lambda: 100, strict=True, max_drift_ms=1000))
+        with pytest.raises(ClockDriftError):
+            m.merge_many(pairs)
+        maps.append(m)
+    mp, mc = maps
+    assert sorted(mc.records()) == sorted(mp.records())
+    assert mc.record_count > 0
+    rebuilt = pure.merkle.MerkleTree()
+    rebuilt.update_many((k, pure.hashing.lww_item_hash(k, r.timestamp)) for k, r in mp.records())
+    assert mc.root_hash == mp.root_hash == rebuilt.root_hash
+    assert mc.hlc.state() == mp.hlc.state()
