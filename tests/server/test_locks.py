@@ -94,13 +94,19 @@ async def test_grant_regrant_busy_and_release_shapes() -> None:
         a = await open_client(server)
         b = await open_client(server)
         g = await request(a, "invoice-42", ttl=10_000, rid="r1")
-        assert g == {"type": "LOCK_GRANTED", "payload": {"requestId": "r1", "name": "invoice-42", "fencingToken": 1}}
+        assert g == {
+            "type": "LOCK_GRANTED",
+            "payload": {"requestId": "r1", "name": "invoice-42", "fencingToken": 1},
+        }
         # Same connection again: the existing token, no new one.
         again = await request(a, "invoice-42", ttl=10_000, rid="r2")
         assert granted_token(again) == 1
         # Another connection: refused with LOCK_RELEASED success false and its own requestId.
         busy = await request(b, "invoice-42", ttl=10_000, rid="r3")
-        assert busy == {"type": "LOCK_RELEASED", "payload": {"requestId": "r3", "name": "invoice-42", "success": False}}
+        assert busy == {
+            "type": "LOCK_RELEASED",
+            "payload": {"requestId": "r3", "name": "invoice-42", "success": False},
+        }
         # A wrong token does not free the lock.
         wrong = await release(b, "invoice-42", 2, rid="r4")
         assert wrong["payload"] == {"requestId": "r4", "name": "invoice-42", "success": False}

@@ -117,7 +117,8 @@ async def test_publisher_need_not_be_subscribed_and_topics_are_separate() -> Non
         await pub(c, "room/3", "nobody")
         m1 = await a.recv()
         m2 = await b.recv()
-        assert (m1["payload"]["topic"], m1["payload"]["data"], m1["payload"]["publisherId"]) == ("room/1", "one", c_dev)
+        p1 = m1["payload"]
+        assert (p1["topic"], p1["data"], p1["publisherId"]) == ("room/1", "one", c_dev)
         assert (m2["payload"]["topic"], m2["payload"]["data"]) == ("room/2", "two")
         await a.expect_silence(0.15)
         await b.expect_silence(0.05)

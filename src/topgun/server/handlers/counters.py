@@ -169,8 +169,9 @@ class CoordinationHandlers:
 
     ``committer`` persists counter states and fencing counters: a
     :class:`GroupCommitter`, a callable returning one, or None to use the
-    server's (``server.grid.committer`` when the server has a grid) and, failing
-    that, a private committer on ``server.storage`` started with the server.
+    server's (``server.core.committer``, the grid's, when the core handlers are
+    installed) and, failing that, a private committer on ``server.storage``
+    started with the server.
     """
 
     def __init__(self, server: Any, *, committer: CommitterSource = None) -> None:
@@ -194,8 +195,9 @@ class CoordinationHandlers:
         src = self._explicit
         if src is not None:
             return src if isinstance(src, GroupCommitter) else src()
-        grid = getattr(self.server, "grid", None)
-        shared = getattr(grid, "committer", None)
+        # The core handlers' grid owns the server's committer once it has started.
+        core = getattr(self.server, "core", None)
+        shared = getattr(core, "committer", None) if core is not None else None
         if isinstance(shared, GroupCommitter):
             return shared
         return self._own
