@@ -95,6 +95,24 @@ class TopGunClient:
             self._set_state(ConnectionState.CONNECTING)
             self._connector.start()
 
+    async def disconnect(self) -> None:
+        """Go offline on purpose: close the connection and stop reconnecting (writes keep working)."""
+        self._require_open()
+        if self._connector is not None:
+            await self._connector.stop()
+        self._set_state(ConnectionState.DISCONNECTED)
+
+    def connect(self) -> None:
+        """Start (or restart) the background connection loop after :meth:`disconnect` or ``connect=False``."""
+        self._require_open()
+        if self._connector is not None:
+            self._connector.stop_nowait()
+        self._connector = Connector(
+            self.url, self._engine, token=self._token, settings=self._settings, set_state=self._set_state
+        )
+        self._set_state(ConnectionState.CONNECTING)
+        self._connector.start()
+
     async def close(self) -> None:
         """Disconnect and close storage (pending ops stay in the op log for the next start)."""
         if self._closed:

@@ -80,6 +80,7 @@ class Connector:
         self._out: asyncio.Queue[Message | None] | None = None
         self.last_error: BaseException | None = None
         self._token_failed = False
+        self._my_session = -1
 
     # -- control -----------------------------------------------------------------------------------
 
@@ -100,6 +101,15 @@ class Connector:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._task = None
+
+    def stop_nowait(self) -> None:
+        """Stop without waiting (the task is cancelled and the socket aborted)."""
+        self._stopping = True
+        self._wake.set()
+        self.drop_connection()
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
 
     def reconnect_now(self) -> None:
         """Skip a pending backoff wait (e.g. after :meth:`TopGunClient.set_token`)."""
@@ -146,6 +156,7 @@ class Connector:
                 continue
             self._set_state(ConnectionState.CONNECTING)
             opened = False
+            auth_failed = None
             try:
                 async with connect(
                     self.url,
@@ -170,13 +181,17 @@ class Connector:
             finally:
                 self._ws = None
                 self._out = None
-                self.engine.end_session()
+                if self.engine.sessions == self._my_session:
+                    auth_failed = self.engine.auth_failed
+                    self.engine.end_session()
             if self._stopping:
                 break
-            if self.engine.auth_failed is not None and not callable(self.token_source):
-                self.last_error = AuthError(self.engine.auth_failed.error or "Authentication failed")
-                self._token_failed = True
-                continue
+            if auth_failed is not None:
+                self.last_error = AuthError(auth_failed.error or "Authentication failed")
+                if not callable(self.token_source):
+                    # A fixed token the server refused will not work next time either.
+                    self._token_failed = True
+                    continue
             self._set_state(ConnectionState.DISCONNECTED if opened else ConnectionState.BACKOFF)
             delay = backoff_delay(attempt, self.settings)
             attempt += 1
@@ -195,7 +210,9 @@ class Connector:
         heart: asyncio.Task[None] | None = None
         try:
             token = await self._token()
-            self.send(engine.start_session(token))
+            msgs = engine.start_session(token)
+            self._my_session = engine.sessions
+            self.send(msgs)
             grace_deadline = loop.time() + self.settings.no_auth_grace if not token else None
             while True:
                 if not engine.ready:
