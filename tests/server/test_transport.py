@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -44,14 +43,31 @@ async def test_protocol_on_ws_and_root(transport: str, path: str) -> None:
         await c.close()
 
 
+def parse_metrics(text: str) -> dict[str, float]:
+    """``{'name{labels}': value}`` of every sample line."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
+
+
+async def scrape(port: int) -> tuple[str, dict[str, float]]:
+    status, headers, body = await http_get(port, "/metrics")
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    return body.decode(), parse_metrics(body.decode())
+
+
 async def test_health_ready_metrics_and_404(transport: str) -> None:
     async with serving(transport) as server:
-        status, headers, body = await http_get(server.port, "/health")
+        status, _, body = await http_get(server.port, "/health")
         assert status == 200 and body == b"ok\n"
         status, _, body = await http_get(server.port, "/ready")
         assert status == 200 and body == b"ready\n"
         status, _, _ = await http_get(server.port, "/nope")
         assert status == 404
+        _, before = await scrape(server.port)
         c = await RawClient.open(f"ws://127.0.0.1:{server.port}/ws")
         for i in range(3):
             await c.ping(i)
@@ -59,20 +75,23 @@ async def test_health_ready_metrics_and_404(transport: str) -> None:
         server.metrics.rejected_ops.inc("403")
         server.metrics.storage_commit_seconds.observe(0.003)
         server.metrics.add_map_size_collector(lambda: [("todos", 12), ('we"ird', 1)])
-        status, headers, body = await http_get(server.port, "/metrics")
-        assert status == 200
-        assert headers["content-type"].startswith("text/plain")
-        text = body.decode()
+        text, after = await scrape(server.port)
+
+        def delta(key: str) -> float:
+            return after.get(key, 0.0) - before.get(key, 0.0)
+
         assert "# TYPE topgun_connections gauge" in text
-        assert re.search(r"^topgun_connections 1$", text, re.M)
-        assert re.search(r'^topgun_messages_received_total\{type="PING"\} 3$', text, re.M)
-        assert re.search(r'^topgun_ops_total\{type="PUT"\} 5$', text, re.M)
-        assert re.search(r'^topgun_ops_rejected_total\{code="403"\} 1$', text, re.M)
-        assert re.search(r'^topgun_storage_commit_seconds_bucket\{le="0.005"\} 1$', text, re.M)
-        assert re.search(r'^topgun_storage_commit_seconds_bucket\{le="0.001"\} 0$', text, re.M)
-        assert re.search(r'^topgun_storage_commit_seconds_bucket\{le="\+Inf"\} 1$', text, re.M)
-        assert re.search(r"^topgun_storage_commit_seconds_count 1$", text, re.M)
-        assert re.search(r'^topgun_map_size\{map="todos"\} 12$', text, re.M)
+        assert "# TYPE topgun_storage_commit_seconds histogram" in text
+        assert after["topgun_connections"] == 1
+        assert delta("topgun_connections_total") == 1
+        assert delta('topgun_messages_received_total{type="PING"}') == 3
+        assert delta('topgun_ops_total{type="PUT"}') == 5
+        assert delta('topgun_ops_rejected_total{code="403"}') == 1
+        assert delta('topgun_storage_commit_seconds_bucket{le="0.005"}') == 1
+        assert delta('topgun_storage_commit_seconds_bucket{le="0.0025"}') == 0
+        assert delta('topgun_storage_commit_seconds_bucket{le="+Inf"}') == 1
+        assert delta("topgun_storage_commit_seconds_count") == 1
+        assert after['topgun_map_size{map="todos"}'] == 12
         assert 'topgun_map_size{map="we\\"ird"} 1' in text
         await c.close()
         assert (await http_get(server.port, "/health"))[0] == 200
@@ -150,3 +169,29 @@ async def test_context_manager_and_properties(transport: str) -> None:
         assert s.port > 0 and s.transport_name == transport
         assert s.start_line == f"topgun listening on ws://127.0.0.1:{s.port}/ws storage=memory auth=hs256"
     assert not s.ready
+
+
+async def test_commit_latency_histogram_reads_the_group_committer(transport: str) -> None:
+    from topgun.core.records import LWWRecord, Timestamp
+    from topgun.server.persistence import GroupCommitter
+
+    async with serving(transport) as server:
+        _, before = await scrape(server.port)
+        committer = GroupCommitter(server.storage)
+        server.metrics.storage_commit_seconds.add_source(committer.stats.latency)
+        server.metrics.storage_commit_seconds.observe(20.0)  # own observations still count
+        for i in range(3):
+            committer.batch.lww_put("m", f"k{i}", LWWRecord(i, Timestamp(1, i, "n")))
+            await committer.commit_future()
+        await committer.close()
+        n = committer.stats.latency.count
+        assert n >= 3  # at least one per transaction
+        _, after = await scrape(server.port)
+
+        def delta(key: str) -> float:
+            return after[key] - before[key]
+
+        assert delta("topgun_storage_commit_seconds_count") == n + 1
+        assert delta('topgun_storage_commit_seconds_bucket{le="10"}') == n
+        assert delta('topgun_storage_commit_seconds_bucket{le="+Inf"}') == n + 1
+        assert delta("topgun_storage_commit_seconds_sum") >= 20.0

@@ -11,12 +11,14 @@ from __future__ import annotations
 import math
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
 
 __all__ = [
     "CONTENT_TYPE",
     "Counter",
     "Gauge",
     "Histogram",
+    "HistogramSource",
     "Registry",
     "ServerMetrics",
 ]
@@ -144,8 +146,25 @@ class Gauge(_Metric):
 DEFAULT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
+class HistogramSource(Protocol):
+    """A histogram kept elsewhere (e.g. the group committer's ``stats.latency``)."""
+
+    @property
+    def buckets(self) -> list[tuple[float, int]]:
+        """``[(upper_bound, cumulative_count), ...]`` ending with ``(inf, count)``."""
+        ...
+
+    sum: float
+    count: int
+
+
 class Histogram(_Metric):
-    """Observations counted into cumulative buckets, with ``_sum`` and ``_count``."""
+    """Observations counted into cumulative buckets, with ``_sum`` and ``_count``.
+
+    Besides its own :meth:`observe` calls it renders attached
+    :class:`HistogramSource` s (added with :meth:`add_source`), so a component
+    that already measures (the group committer) needs no second bookkeeping.
+    """
 
     kind = "histogram"
 
@@ -155,6 +174,11 @@ class Histogram(_Metric):
         self._counts = [0] * (len(self.buckets) + 1)
         self.sum = 0.0
         self.count = 0
+        self._sources: list[HistogramSource] = []
+
+    def add_source(self, source: HistogramSource) -> None:
+        """Include ``source`` in every scrape (cumulative counts read at this histogram's bounds)."""
+        self._sources.append(source)
 
     def observe(self, value: float) -> None:
         """Record one observation."""
@@ -164,12 +188,24 @@ class Histogram(_Metric):
 
     def render(self) -> list[str]:
         lines = self._header()
+        bounds = (*self.buckets, math.inf)
+        totals = []
         cumulative = 0
-        for bound, n in zip((*self.buckets, math.inf), self._counts, strict=True):
+        for n in self._counts:
             cumulative += n
-            lines.append(f'{self.name}_bucket{{le="{_num(bound)}"}} {cumulative}')
-        lines.append(f"{self.name}_sum {_num(self.sum)}")
-        lines.append(f"{self.name}_count {self.count}")
+            totals.append(cumulative)
+        total_sum, total_count = self.sum, self.count
+        for source in self._sources:
+            src = source.buckets
+            for i, bound in enumerate(bounds):
+                # cumulative count of the source at the largest of its bounds <= ours
+                totals[i] += max((c for b, c in src if b <= bound), default=0)
+            total_sum += source.sum
+            total_count += source.count
+        for bound, total in zip(bounds, totals, strict=True):
+            lines.append(f'{self.name}_bucket{{le="{_num(bound)}"}} {total}')
+        lines.append(f"{self.name}_sum {_num(total_sum)}")
+        lines.append(f"{self.name}_count {total_count}")
         return lines
 
 
@@ -206,7 +242,8 @@ class ServerMetrics:
     * ``ops{type}`` (counter) — applied write ops by op type (``PUT``, ``REMOVE``, ``OR_ADD`` …)
     * ``rejected_ops{code}`` (counter) — ops refused with ``OP_REJECTED``
     * ``malformed_frames`` / ``slow_consumer_disconnects`` / ``auth_failures`` (counters)
-    * ``storage_commit_seconds`` (histogram) — one observation per storage transaction
+    * ``storage_commit_seconds`` (histogram) — one observation per storage transaction; attach the
+      group committer's own histogram with ``storage_commit_seconds.add_source(committer.stats.latency)``
     * ``map_size{map}`` (gauge) — fed at scrape time by ``add_map_size_collector``
     """
 
