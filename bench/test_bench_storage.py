@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import statistics
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -173,6 +174,61 @@ def test_postgres_copy_baseline(benchmark: Any, loop: asyncio.AbstractEventLoop,
     finally:
         loop.run_until_complete(conn.close())
         drop()
+
+
+@pytest.mark.parametrize("mode", ["insert", "update"])
+def test_postgres_write_vs_copy_interleaved(loop: asyncio.AbstractEventLoop, mode: str) -> None:
+    """write() and the COPY baseline, alternating round by round, so load drift hits both alike."""
+    import asyncpg
+
+    url_a, drop_a = pg_schema_url(loop)
+    url_b, drop_b = pg_schema_url(loop)
+    ours: Any = open_storage(url_a)
+    setup_b: Any = open_storage(url_b)
+    loop.run_until_complete(ours.open())
+    loop.run_until_complete(setup_b.open())
+    schema_b = setup_b.schema
+    loop.run_until_complete(setup_b.close())
+    conn = loop.run_until_complete(asyncpg.connect(PG_URL))
+    columns = ["map", "key", "value", "millis", "counter", "node_id", "ttl_ms"]
+
+    async def copy_upsert(batch: WriteBatch) -> None:
+        ups, _ = batch.lww_split()
+        rows = [(m, k, *row) for m, k, row in ups]
+        async with conn.transaction():
+            await conn.execute(
+                f'CREATE TEMP TABLE lww_in (LIKE "{schema_b}".lww_records INCLUDING DEFAULTS) ON COMMIT DROP'
+            )
+            await conn.copy_records_to_table("lww_in", records=rows, columns=columns)
+            await conn.execute(
+                f'INSERT INTO "{schema_b}".lww_records SELECT * FROM lww_in ON CONFLICT (map, key) DO UPDATE'
+                " SET value = EXCLUDED.value, millis = EXCLUDED.millis, counter = EXCLUDED.counter,"
+                " node_id = EXCLUDED.node_id, ttl_ms = EXCLUDED.ttl_ms"
+            )
+
+    fresh = mode == "insert"
+    times: dict[str, list[float]] = {"write()": [], "COPY baseline": []}
+    try:
+        if not fresh:
+            loop.run_until_complete(ours.write(make_batch(0, False)))
+            loop.run_until_complete(copy_upsert(make_batch(0, False)))
+        for r in range(1, ROUNDS + 2):
+            batch = make_batch(r, fresh)
+            order = [("write()", ours.write), ("COPY baseline", copy_upsert)]
+            if r % 2:
+                order.reverse()
+            for name, fn in order:
+                t0 = time.perf_counter()
+                loop.run_until_complete(fn(batch))
+                if r > 1:  # round 1 is warm-up
+                    times[name].append(time.perf_counter() - t0)
+    finally:
+        loop.run_until_complete(conn.close())
+        loop.run_until_complete(ours.close())
+        drop_a()
+        drop_b()
+    for name, ts in times.items():
+        RESULTS[f"postgresql {name} {mode} (interleaved)"] = ROWS / statistics.median(ts)
 
 
 def test_record_into_batch(benchmark: Any) -> None:

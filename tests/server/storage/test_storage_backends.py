@@ -518,3 +518,35 @@ async def test_64_bit_boundaries_round_trip(storage_url: str) -> None:
     assert snap.maps["o"].or_tombstones["old"] == ("k", 2**63 - 1)
     assert snap.fencing["l"] == 2**63 - 1
     assert snap.maps["m"].prune_horizon == big
+
+
+async def test_postgres_write_recovers_after_connection_loss(pg_url: str) -> None:
+    import asyncpg
+
+    from topgun.server.persistence import GroupCommitter
+
+    app = "tg_kill_" + pg_url.rsplit("=", 1)[-1][-12:]
+    url = f"{pg_url}&application_name={app}"
+    s = await opened(url)
+    committer = GroupCommitter(s, retry_min_ms=10, retry_max_ms=50)
+    try:
+        await committer.submit(lambda b: b.lww_put("m", "before", LWWRecord(1, T1)))
+        admin = await asyncpg.connect(PG_URL)
+        try:
+            killed = await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
+                app,
+            )
+        finally:
+            await admin.close()
+        assert killed >= 1  # the writer's connection is gone under its feet
+        fut = committer.submit(lambda b: b.lww_put("m", "after", LWWRecord(2, T2)))
+        with pytest.raises(StorageError):
+            await asyncio.wait_for(asyncio.shield(fut), 20)  # the attempt on the dead connection
+        await asyncio.wait_for(committer.drain(), 20)
+        assert committer.backlog_rows == 0
+        assert committer.stats.failures >= 1  # the dead connection was hit, then replaced
+    finally:
+        await committer.close()
+        await s.close()
+    assert (await reload(pg_url)).maps["m"].lww == {"before": LWWRecord(1, T1), "after": LWWRecord(2, T2)}

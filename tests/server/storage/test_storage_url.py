@@ -116,6 +116,7 @@ def test_postgres_options_and_passthrough() -> None:
         ("postgresql://h/db?schema=bad-name", "schema name"),
         ("postgresql://h/db?schema=x;drop", "schema name"),
         ("postgresql://h/db?max_pool_size=0", "pool_size"),
+        ("postgresql://h/db?max_pool_size=1", "max_pool_size >= 2"),
     ],
 )
 def test_bad_urls_raise_config_error(url: str, match: str) -> None:

@@ -8,7 +8,7 @@ few round trips, never one statement per row. From ``copy_threshold`` rows
 on, record upserts go through ``COPY`` into a transaction-local staging table
 followed by one ``INSERT ... SELECT ... ON CONFLICT DO UPDATE``, which is
 faster for big batches. Writes are serialised by a lock
-so they commit in call order (a later batch always wins over an earlier one
+and share one connection, so they commit in call order (a later batch always wins over an earlier one
 for the same row) and never deadlock against each other.
 
 Durability relies on PostgreSQL's ``synchronous_commit`` (on by default): a
@@ -95,9 +95,11 @@ class PostgresStorage:
             raise ConfigError(
                 f"invalid PostgreSQL schema name {schema!r}: use letters, digits and _ (not first), max 63"
             )
-        if not 1 <= int(min_pool_size) <= int(max_pool_size):
+        if not (1 <= int(min_pool_size) <= int(max_pool_size) and int(max_pool_size) >= 2):
+            # Writes keep one connection for themselves; loads and pings need another.
             raise ConfigError(
-                f"need 1 <= min_pool_size <= max_pool_size, got {min_pool_size}, {max_pool_size}"
+                f"need 1 <= min_pool_size <= max_pool_size and max_pool_size >= 2,"
+                f" got {min_pool_size}, {max_pool_size}"
             )
         self.dsn = dsn
         self.schema = schema
@@ -110,6 +112,7 @@ class PostgresStorage:
         self.schema_version: int | None = None
         self._pool: Any = None
         self._write_lock = asyncio.Lock()
+        self._writer: Any = None
         s = f'"{schema}"'
         self._s = s
         self._sql_upsert_lww = (
@@ -231,6 +234,9 @@ class PostgresStorage:
         if pool is not None:
             # Let an in-flight write finish before the pool goes away.
             async with self._write_lock:
+                writer, self._writer = self._writer, None
+                if writer is not None:
+                    await pool.release(writer)
                 await pool.close()
 
     async def ping(self) -> bool:
@@ -280,8 +286,20 @@ class PostgresStorage:
         if not batch:
             return
         try:
-            async with self._write_lock, pool.acquire() as conn, conn.transaction():
-                await self._write_in(conn, batch)
+            async with self._write_lock:
+                # Writes are serialised anyway, so they keep one connection for themselves:
+                # that saves the pool's reset round trip after every transaction.
+                conn = self._writer
+                if conn is None:
+                    conn = self._writer = await pool.acquire()
+                try:
+                    async with conn.transaction():
+                        await self._write_in(conn, batch)
+                except BaseException:
+                    # The connection may be broken; hand it back (the pool replaces dead ones).
+                    self._writer = None
+                    await pool.release(conn)
+                    raise
         except StorageError:
             raise
         except Exception as exc:
