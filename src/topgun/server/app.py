@@ -19,7 +19,7 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from topgun.server.auth import DeviceRegistry, make_authenticator
 from topgun.server.config import ServerConfig, TransportKind, is_loopback_host
@@ -29,6 +29,9 @@ from topgun.server.session import ProcessorRegistry, Session, SessionHub
 from topgun.server.storage import Storage, open_storage
 from topgun.server.transport import transport_class
 from topgun.server.transport.base import CloseCode, Connection, TransportServer
+
+if TYPE_CHECKING:
+    from topgun.server.handlers import CoreServices
 
 __all__ = ["Hook", "TopGunServer"]
 
@@ -46,7 +49,8 @@ class TopGunServer:
     constructed :class:`~topgun.server.storage.Storage` (opened by ``start()`` and
     closed by ``stop()`` like one built from ``config.storage``) or a storage URL
     string (same as the ``storage`` config field). ``codec`` replaces
-    :mod:`topgun.protocol.codec` (tests only).
+    :mod:`topgun.protocol.codec` (tests only). ``core_handlers=False`` skips
+    :func:`topgun.server.handlers.register_core_handlers` (writes, sync, push, GC).
     """
 
     def __init__(
@@ -55,6 +59,7 @@ class TopGunServer:
         *,
         storage: Storage | str | None = None,
         codec: Any = None,
+        core_handlers: bool = True,
         **overrides: Any,
     ) -> None:
         if isinstance(storage, str):
@@ -75,6 +80,16 @@ class TopGunServer:
         self._ready = False
         self._state = "new"
         self._stopped = asyncio.Event() if _has_loop() else None
+        #: Grid, push notifier and ACL of the core handlers (``None`` with ``core_handlers=False``).
+        self.core: CoreServices | None = None
+        if core_handlers:
+            from topgun.server.handlers import register_core_handlers
+
+            register_core_handlers(self)
+        from topgun.server.handlers.counters import install_coordination_handlers
+
+        #: Topic, lock and counter processors (PROTOCOL §5.12-§5.14).
+        self.coordination = install_coordination_handlers(self)
 
     # -- public properties -------------------------------------------------------------------
     @property

@@ -102,6 +102,22 @@ class ServerConfig:
     #: Seconds between storage reachability probes that feed ``/ready``.
     ready_probe_interval: float = 1.0
     log_level: str = "INFO"
+
+    # -- data grid -------------------------------------------------------------------------
+    #: Seconds tombstones are kept before GC may prune them (PROTOCOL §5.10); default 30 days.
+    tombstone_retention: float = 30 * 24 * 3600.0
+    #: Seconds between tombstone GC passes (0 disables the periodic pass).
+    gc_interval: float = 3600.0
+    #: Level an OP_ACK waits for when the client names none: PERSISTED (after the storage commit)
+    #: or APPLIED (at once). On ``memory://`` storage acks are APPLIED at once anyway.
+    write_concern: str = "PERSISTED"
+    #: How far (ms) a client timestamp may run ahead of the server's wall clock (else 422).
+    max_drift_ms: int = 60_000
+    #: Stable server node id (lowercase letters, digits, ``-``); empty = generated once, kept in storage.
+    node_id: str = ""
+    #: Per-map permissions: ``[{map: glob, read: [roles], write: [roles]}, …]``, first match wins
+    #: (a JSON string is accepted, e.g. from the environment); empty = everyone may do everything.
+    map_acl: Any = field(default_factory=list)
     #: Extra keys from the config file that no field names, kept for plug-ins.
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -154,8 +170,32 @@ class ServerConfig:
             raise ConfigError("no_auth conflicts with a configured JWT key; drop one of them")
         if self.jwt_public_key and not Path(self.jwt_public_key).is_file():
             raise ConfigError(f"jwt_public_key file not found: {self.jwt_public_key}")
+        self._validate_grid()
         if not self.storage or ":" not in self.storage:
             raise ConfigError(f"storage must be a URL such as {DEFAULT_STORAGE_URL!r}, got {self.storage!r}")
+
+    def _validate_grid(self) -> None:
+        for name in ("tombstone_retention", "gc_interval"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{name} must be a non-negative number of seconds, got {value!r}")
+            setattr(self, name, float(value))
+        drift = self.max_drift_ms
+        if not isinstance(drift, int) or isinstance(drift, bool) or drift < 0:
+            raise ConfigError(f"max_drift_ms must be a non-negative integer, got {self.max_drift_ms!r}")
+        wc = str(self.write_concern).upper()
+        if wc not in {"FIRE_AND_FORGET", "MEMORY", "APPLIED", "REPLICATED", "PERSISTED"}:
+            raise ConfigError(f"write_concern must be a WriteConcern such as PERSISTED, got {wc!r}")
+        self.write_concern = wc
+        if self.node_id and not all(c in "abcdefghijklmnopqrstuvwxyz0123456789-" for c in self.node_id):
+            raise ConfigError(f"node_id may use only lowercase letters, digits and '-', got {self.node_id!r}")
+        if isinstance(self.map_acl, str):
+            try:
+                self.map_acl = json.loads(self.map_acl) if self.map_acl.strip() else []
+            except ValueError as exc:
+                raise ConfigError(f"map_acl is not valid JSON: {exc}") from None
+        if not isinstance(self.map_acl, (list, dict)):
+            raise ConfigError("map_acl must be a list of {map, read, write} rules")
 
     def check_secure_default(self) -> None:
         """Refuse to serve without authentication on a non-loopback address unless ``no_auth`` says so."""

@@ -1,0 +1,626 @@
+"""The in-memory data grid of the server: every map by name, one server HLC, one merge entry point.
+
+Every source of changes goes through :meth:`Grid.apply` — client ops today,
+other nodes and storage change feeds later::
+
+    result = grid.apply([Change.put("todos", "k1", record)], Origin.client(ctx.connection_id))
+    result.outcomes[0].status      # APPLIED / UNCHANGED / REJECTED (with code and reason)
+    result.changes                 # the effective changes (also handed to every ChangeListener)
+    await result.commit            # resolves once the storage transaction holding them committed
+
+``apply`` is synchronous: it validates (map kind 409, clock drift 422, retention
+horizon 409), merges into the CRDTs (Merkle trees kept up to date), stages the
+effective changes into the group committer's open :class:`WriteBatch` without
+any ``await``, then calls every registered :class:`ChangeListener` with the
+effective changes and their :class:`Origin`. Authorization and shape checks are
+the caller's job (they depend on the connection); everything that depends only
+on the grid's state lives here so every source is judged the same way.
+
+Live queries, the push notifier and later replication plug in as listeners
+(``grid.add_listener(listener)``) and read maps through the :class:`MapProvider`
+protocol, which :class:`Grid` implements.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+from topgun.core.hlc import HLC, wall_millis
+from topgun.core.lww import LWWMap
+from topgun.core.ormap import ORMap
+from topgun.core.records import LWWRecord, ORMapRecord, Timestamp
+from topgun.server.persistence import GroupCommitter
+from topgun.server.storage.base import MapKind, Snapshot, Storage, StorageKind, WriteBatch
+
+__all__ = [
+    "DEFAULT_MAX_DRIFT_MS",
+    "DEFAULT_RETENTION_MS",
+    "NODE_ID_META_KEY",
+    "ApplyResult",
+    "Change",
+    "ChangeKind",
+    "ChangeListener",
+    "ChangeSource",
+    "GcReport",
+    "Grid",
+    "MapProvider",
+    "Origin",
+    "Outcome",
+    "OutcomeStatus",
+    "make_node_id",
+    "valid_node_id",
+]
+
+log = logging.getLogger("topgun.grid")
+
+#: Default drift limit (ms) for incoming timestamps (PROTOCOL §5.6 step 4).
+DEFAULT_MAX_DRIFT_MS = 60_000
+#: Default tombstone retention R (ms): 30 days (§5.10).
+DEFAULT_RETENTION_MS = 30 * 24 * 3600 * 1000
+#: Storage meta key holding the server's node id.
+NODE_ID_META_KEY = "node_id"
+
+_NODE_ID_RE = re.compile(r"^[a-z0-9-]+$")
+
+
+def valid_node_id(node_id: str) -> bool:
+    """True for a non-empty node id made of lowercase ASCII letters, digits and ``-`` (§2.2)."""
+    return bool(_NODE_ID_RE.match(node_id))
+
+
+def make_node_id() -> str:
+    """A fresh random server node id (``srv-`` + 12 lowercase hex digits)."""
+    return "srv-" + uuid.uuid4().hex[:12]
+
+
+# --------------------------------------------------------------------------------------------- values
+
+
+class ChangeKind(str, enum.Enum):
+    """What a change does; the values equal the protocol's ``ServerEventType``."""
+
+    PUT = "PUT"
+    REMOVE = "REMOVE"
+    OR_ADD = "OR_ADD"
+    OR_REMOVE = "OR_REMOVE"
+
+
+class ChangeSource(str, enum.Enum):
+    """Where a change came from."""
+
+    CLIENT = "client"  #: a client op (OP_BATCH / CLIENT_OP)
+    SYNC = "sync"  #: a client's sync traffic (ORMAP_PUSH_DIFF)
+    SERVER = "server"  #: the server itself (server-originated writes)
+    NODE = "node"  #: another cluster node (later)
+    STORAGE = "storage"  #: a storage change feed (later)
+
+
+class Origin(NamedTuple):
+    """Who caused a set of changes: pushes skip ``connection_id`` (the writer, §5.7)."""
+
+    source: ChangeSource
+    connection_id: int | None = None
+
+    @classmethod
+    def client(cls, connection_id: int) -> Origin:
+        return cls(ChangeSource.CLIENT, connection_id)
+
+    @classmethod
+    def sync(cls, connection_id: int) -> Origin:
+        return cls(ChangeSource.SYNC, connection_id)
+
+
+#: The origin of server-originated writes (no connection to exclude).
+SERVER_ORIGIN = Origin(ChangeSource.SERVER, None)
+
+
+class Change(NamedTuple):
+    """One change to merge (input of :meth:`Grid.apply`) or one effective change (its output).
+
+    * ``PUT``/``REMOVE``: ``record`` (a tombstone for ``REMOVE``); ``previous`` (output only) is
+      the record it replaced, if any.
+    * ``OR_ADD``: ``or_record``. ``replace`` chooses the rule for a tag already stored: ``True``
+      (ops, §5.6 step 7) stores the new record when it differs; ``False`` (sync/push-diff, §3.3
+      mergeKey) only when its timestamp is greater.
+    * ``OR_REMOVE``: ``or_tag``; ``timestamp`` is the op-level timestamp checked for drift. As an
+      effective change ``key`` is the key the removed record was under (else the op's key) and
+      ``or_record`` the record that was removed, if any.
+    """
+
+    map_name: str
+    key: str
+    kind: ChangeKind
+    record: LWWRecord | None = None
+    or_record: ORMapRecord | None = None
+    or_tag: str | None = None
+    timestamp: Timestamp | None = None
+    replace: bool = True
+    previous: LWWRecord | None = None
+
+    @classmethod
+    def put(cls, map_name: str, key: str, record: LWWRecord) -> Change:
+        kind = ChangeKind.REMOVE if record.value is None else ChangeKind.PUT
+        return cls(map_name, key, kind, record=record)
+
+    @classmethod
+    def or_add(cls, map_name: str, key: str, record: ORMapRecord, *, replace: bool = True) -> Change:
+        return cls(map_name, key, ChangeKind.OR_ADD, or_record=record, replace=replace)
+
+    @classmethod
+    def or_remove(cls, map_name: str, key: str, tag: str, timestamp: Timestamp | None = None) -> Change:
+        return cls(map_name, key, ChangeKind.OR_REMOVE, or_tag=tag, timestamp=timestamp)
+
+
+class OutcomeStatus(str, enum.Enum):
+    APPLIED = "applied"  #: the state changed
+    UNCHANGED = "unchanged"  #: accepted, but a no-op (duplicate, lost an LWW merge, tombstoned tag)
+    REJECTED = "rejected"  #: refused; ``code``/``reason`` say why
+
+
+class Outcome(NamedTuple):
+    """What happened to one input change."""
+
+    status: OutcomeStatus
+    code: int = 0
+    reason: str = ""
+    #: for an LWW change that lost to a *strictly newer* stored record: that record
+    winner: LWWRecord | None = None
+
+    @property
+    def accepted(self) -> bool:
+        return self.status is not OutcomeStatus.REJECTED
+
+
+_APPLIED = Outcome(OutcomeStatus.APPLIED)
+_UNCHANGED = Outcome(OutcomeStatus.UNCHANGED)
+
+
+class ApplyResult(NamedTuple):
+    """Result of :meth:`Grid.apply`."""
+
+    #: one per input change, in input order
+    outcomes: list[Outcome]
+    #: the effective changes, in order (what listeners were told)
+    changes: list[Change]
+    #: resolves once the transaction holding the staged rows committed; ``None`` when nothing was staged
+    commit: asyncio.Future[None] | None
+
+
+class GcReport(NamedTuple):
+    """Result of one tombstone GC pass."""
+
+    horizon: Timestamp
+    #: map -> number of tombstones deleted
+    pruned: dict[str, int]
+    commit: asyncio.Future[None] | None
+
+
+@runtime_checkable
+class ChangeListener(Protocol):
+    """Told, synchronously inside :meth:`Grid.apply`, about every effective change."""
+
+    def on_changes(self, changes: Sequence[Change], origin: Origin) -> None:
+        """``changes`` are already merged and staged for persistence; do not mutate the grid here."""
+        ...
+
+
+@runtime_checkable
+class MapProvider(Protocol):
+    """Read access to the grid's maps (what handlers and the query engine depend on)."""
+
+    @property
+    def hlc(self) -> Any:
+        """The server clock (``now()`` for server timestamps)."""
+        ...
+
+    def kind(self, map_name: str) -> MapKind | None:
+        """The kind of ``map_name`` (fixed by its first write), ``None`` for an unknown map."""
+        ...
+
+    def lww(self, map_name: str) -> LWWMap | None:
+        """The LWW-Map called ``map_name``, ``None`` when absent or of the other kind."""
+        ...
+
+    def ormap(self, map_name: str) -> ORMap | None:
+        """The OR-Map called ``map_name``, ``None`` when absent or of the other kind."""
+        ...
+
+    def map_names(self) -> list[str]:
+        """Names of every map with a kind."""
+        ...
+
+    def prune_horizon(self, map_name: str) -> Timestamp | None:
+        """``P(M)``, or ``None`` when no tombstone of the map was ever pruned."""
+        ...
+
+    def add_listener(self, listener: ChangeListener) -> None:
+        """Register ``listener`` for every future effective change."""
+        ...
+
+
+# --------------------------------------------------------------------------------------------- grid
+
+
+class _TimedStorage:
+    """Wraps a storage to report the duration of every ``write`` (commit latency metric)."""
+
+    def __init__(self, inner: Storage, observe: Callable[[float], None]) -> None:
+        self._inner = inner
+        self._observe = observe
+
+    @property
+    def kind(self) -> StorageKind:
+        return self._inner.kind
+
+    async def open(self) -> None:
+        await self._inner.open()
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+    async def ping(self) -> bool:
+        return await self._inner.ping()
+
+    async def load(self) -> Snapshot:
+        return await self._inner.load()
+
+    async def write(self, batch: WriteBatch) -> None:
+        t0 = time.perf_counter()
+        await self._inner.write(batch)
+        self._observe(time.perf_counter() - t0)
+
+
+class Grid:
+    """Every map of the server in memory, its clock, its prune horizons, and the merge entry point.
+
+    ``storage`` is the opened backend; ``start()`` loads it and starts the group
+    committer (it needs a running loop). ``wall_clock`` (int ms) is injectable
+    for tests. ``retention_ms`` is the tombstone retention R (§5.10).
+    ``commit_observer`` receives the duration (s) of every storage transaction.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        max_drift_ms: int = DEFAULT_MAX_DRIFT_MS,
+        retention_ms: int = DEFAULT_RETENTION_MS,
+        wall_clock: Callable[[], int] | None = None,
+        node_id: str | None = None,
+        commit_observer: Callable[[float], None] | None = None,
+        max_batch_ops: int = 10_000,
+    ) -> None:
+        if node_id is not None and not valid_node_id(node_id):
+            raise ValueError(f"invalid server node id {node_id!r}: use lowercase ascii letters, digits, '-'")
+        self.storage = storage
+        self.max_drift_ms = int(max_drift_ms)
+        self.retention_ms = int(retention_ms)
+        self._wall: Callable[[], int] = wall_clock if wall_clock is not None else wall_millis
+        self._node_id_override = node_id
+        self._commit_observer = commit_observer
+        self._max_batch_ops = int(max_batch_ops)
+        self._hlc: Any = None
+        self._kinds: dict[str, MapKind] = {}
+        self._lww: dict[str, LWWMap] = {}
+        self._or: dict[str, ORMap] = {}
+        self._horizons: dict[str, Timestamp] = {}
+        self._listeners: list[ChangeListener] = []
+        self.committer: GroupCommitter | None = None
+        #: ``True`` when the storage is durable (``PERSISTED`` is reachable)
+        self.durable = storage.kind is not StorageKind.MEMORY
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Load everything from storage, fix the node id, start the group committer."""
+        t0 = time.perf_counter()
+        snapshot = await self.storage.load()
+        node_id = self._node_id_override or snapshot.meta.get(NODE_ID_META_KEY)
+        fresh = node_id is None or not valid_node_id(node_id)
+        if fresh:
+            node_id = make_node_id()
+        assert node_id is not None
+        self._hlc = HLC(node_id, max_drift_ms=self.max_drift_ms, wall_clock=self._wall)
+        self._load(snapshot)
+        target: Storage = self.storage
+        if self._commit_observer is not None:
+            target = _TimedStorage(self.storage, self._commit_observer)
+        self.committer = GroupCommitter(target, max_batch_ops=self._max_batch_ops)
+        self.committer.start()
+        if fresh or snapshot.meta.get(NODE_ID_META_KEY) != node_id:
+            self.committer.batch.set_meta(NODE_ID_META_KEY, node_id)
+            await self.committer.commit_future()
+        log.info(
+            "grid loaded: %d maps, node id %s, in %.3f s", len(self._kinds), node_id, time.perf_counter() - t0
+        )
+
+    async def close(self) -> None:
+        """Commit everything accepted so far, then stop the committer."""
+        if self.committer is not None:
+            await self.committer.close()
+
+    def _load(self, snapshot: Snapshot) -> None:
+        # merge_many/apply run hlc.update() per record, so the clock ends past every stored timestamp.
+        for m in snapshot:
+            if m.kind is None:
+                continue
+            self._kinds[m.name] = m.kind
+            if m.prune_horizon is not None:
+                self._horizons[m.name] = m.prune_horizon
+            if m.kind is MapKind.LWW:
+                lww = self._new_lww()
+                lww.merge_many(m.lww.items())
+                self._lww[m.name] = lww
+            else:
+                orm = self._new_or()
+                for key, recs in m.or_records.items():
+                    for rec in recs:
+                        orm.apply(key, rec)
+                for tag, (key, removed_at) in m.or_tombstones.items():
+                    orm.apply_tombstone(tag, key or None, removed_at)
+                self._or[m.name] = orm
+
+    def _new_lww(self) -> LWWMap:
+        return LWWMap(self._hlc, wall_clock=self._wall)
+
+    def _new_or(self) -> ORMap:
+        return ORMap(self._hlc, wall_clock=self._wall)
+
+    # -- MapProvider -------------------------------------------------------------------------------
+    @property
+    def hlc(self) -> Any:
+        if self._hlc is None:
+            raise RuntimeError("grid not started")
+        return self._hlc
+
+    @property
+    def node_id(self) -> str:
+        """The server's node id (stable across restarts: persisted in storage meta)."""
+        return str(self.hlc.node_id)
+
+    def wall(self) -> int:
+        """The grid's wall clock (ms)."""
+        return self._wall()
+
+    def kind(self, map_name: str) -> MapKind | None:
+        return self._kinds.get(map_name)
+
+    def lww(self, map_name: str) -> LWWMap | None:
+        return self._lww.get(map_name)
+
+    def ormap(self, map_name: str) -> ORMap | None:
+        return self._or.get(map_name)
+
+    def map_names(self) -> list[str]:
+        return list(self._kinds)
+
+    def prune_horizon(self, map_name: str) -> Timestamp | None:
+        return self._horizons.get(map_name)
+
+    def add_listener(self, listener: ChangeListener) -> None:
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: ChangeListener) -> None:
+        """Stop telling ``listener`` about changes."""
+        self._listeners.remove(listener)
+
+    def map_sizes(self) -> Iterator[tuple[str, int]]:
+        """``(map, live entries)`` for metrics."""
+        for name, lww in self._lww.items():
+            yield name, len(lww)
+        for name, orm in self._or.items():
+            yield name, len(orm)
+
+    # -- the merge entry point ---------------------------------------------------------------------
+    def apply(self, changes: Iterable[Change], origin: Origin) -> ApplyResult:
+        """Validate, merge, stage for persistence and announce ``changes``, one by one, in order.
+
+        Per change (PROTOCOL §5.6 steps 3-8): map kind (409), clock drift (422),
+        retention horizon (409), clock update, merge. Never awaits.
+        """
+        committer = self.committer
+        if committer is None:
+            raise RuntimeError("grid not started")
+        batch = committer.batch
+        outcomes: list[Outcome] = []
+        effective: list[Change] = []
+        max_drift = self.max_drift_ms
+        wall = self._wall()
+        kinds = self._kinds
+        for ch in changes:
+            name = ch.map_name
+            kind = ch.kind
+            want = MapKind.OR if kind is ChangeKind.OR_ADD or kind is ChangeKind.OR_REMOVE else MapKind.LWW
+            have = kinds.get(name)
+            if have is not None and have is not want:
+                outcomes.append(
+                    Outcome(OutcomeStatus.REJECTED, 409, f"map {name!r} is an {have.value.upper()} map")
+                )
+                continue
+            if kind is ChangeKind.PUT or kind is ChangeKind.REMOVE:
+                outcomes.append(self._apply_lww(ch, have, wall, max_drift, batch, effective))
+            elif kind is ChangeKind.OR_ADD:
+                outcomes.append(self._apply_or_add(ch, have, wall, max_drift, batch, effective))
+            else:
+                outcomes.append(self._apply_or_remove(ch, have, wall, max_drift, batch, effective))
+        commit = committer.commit_future() if batch else None
+        if effective:
+            for listener in self._listeners:
+                try:
+                    listener.on_changes(effective, origin)
+                except Exception:
+                    log.exception("change listener %r failed", listener)
+        return ApplyResult(outcomes, effective, commit)
+
+    def _ensure_kind(self, name: str, want: MapKind, have: MapKind | None, batch: WriteBatch) -> None:
+        if have is None:
+            self._kinds[name] = want
+            batch.set_map_kind(name, want)
+            if want is MapKind.LWW:
+                self._lww[name] = self._new_lww()
+            else:
+                self._or[name] = self._new_or()
+
+    def _apply_lww(
+        self,
+        ch: Change,
+        have: MapKind | None,
+        wall: int,
+        max_drift: int,
+        batch: WriteBatch,
+        effective: list[Change],
+    ) -> Outcome:
+        record = ch.record
+        if record is None:
+            return Outcome(OutcomeStatus.REJECTED, 400, "LWW change without a record")
+        ts = record.timestamp
+        if ts[0] - wall > max_drift:
+            return _drift(ts[0], wall)
+        name = ch.map_name
+        lww = self._lww.get(name)
+        current = lww.get_record(ch.key) if lww is not None else None
+        if current is None:
+            horizon = self._horizons.get(name)
+            if horizon is not None and (ts[0], ts[1], ts[2]) < (horizon[0], horizon[1], horizon[2]):
+                return Outcome(
+                    OutcomeStatus.REJECTED, 409, f"write is older than the retention horizon {horizon}"
+                )
+        self._ensure_kind(name, MapKind.LWW, have, batch)
+        if lww is None:
+            lww = self._lww[name]
+        if not lww.merge(ch.key, record):  # merge() also runs hlc.update(ts)
+            assert current is not None
+            cts = current.timestamp
+            if (cts[0], cts[1], cts[2]) > (ts[0], ts[1], ts[2]):
+                return Outcome(OutcomeStatus.UNCHANGED, winner=current)
+            return _UNCHANGED
+        batch.lww_put(name, ch.key, record)
+        kind = ChangeKind.REMOVE if record.value is None else ChangeKind.PUT
+        effective.append(Change(name, ch.key, kind, record=record, previous=current))
+        return _APPLIED
+
+    def _apply_or_add(
+        self,
+        ch: Change,
+        have: MapKind | None,
+        wall: int,
+        max_drift: int,
+        batch: WriteBatch,
+        effective: list[Change],
+    ) -> Outcome:
+        record = ch.or_record
+        if record is None or not record.tag:
+            return Outcome(OutcomeStatus.REJECTED, 400, "OR_ADD without a tagged record")
+        ts = record.timestamp
+        if ts[0] - wall > max_drift:
+            return _drift(ts[0], wall)
+        name = ch.map_name
+        orm = self._or.get(name)
+        horizon = self._horizons.get(name)
+        if horizon is not None and (ts[0], ts[1], ts[2]) < (horizon[0], horizon[1], horizon[2]):
+            present = orm is not None and any(r.tag == record.tag for r in orm.get_records(ch.key))
+            if not present:
+                return Outcome(
+                    OutcomeStatus.REJECTED, 409, f"add is older than the retention horizon {horizon}"
+                )
+        self._ensure_kind(name, MapKind.OR, have, batch)
+        if orm is None:
+            orm = self._or[name]
+        if orm.is_tombstoned(record.tag):
+            return _UNCHANGED
+        if ch.replace:
+            changed = orm.apply(ch.key, record)
+        else:
+            changed = orm.merge_key(ch.key, (record,), ())
+        if not changed:
+            return _UNCHANGED
+        batch.or_put(name, ch.key, record)
+        effective.append(Change(name, ch.key, ChangeKind.OR_ADD, or_record=record))
+        return _APPLIED
+
+    def _apply_or_remove(
+        self,
+        ch: Change,
+        have: MapKind | None,
+        wall: int,
+        max_drift: int,
+        batch: WriteBatch,
+        effective: list[Change],
+    ) -> Outcome:
+        tag = ch.or_tag
+        if not tag:
+            return Outcome(OutcomeStatus.REJECTED, 400, "OR_REMOVE without a tag")
+        ts = ch.timestamp
+        if ts is not None and ts[0] - wall > max_drift:
+            return _drift(ts[0], wall)
+        name = ch.map_name
+        self._ensure_kind(name, MapKind.OR, have, batch)
+        orm = self._or[name]
+        if ts is not None:
+            self._hlc.update(ts)
+        if orm.is_tombstoned(tag):
+            return _UNCHANGED
+        key = ch.key
+        removed: ORMapRecord | None = None
+        if key:
+            # Keep the record carrying the tag for listeners (a query may need its value).
+            for rec in orm.get_records(key):
+                if rec.tag == tag:
+                    removed = rec
+                    break
+        # The tombstone is filed under the key where the tag was found; else under the op's key
+        # (an empty key means "unknown": push-diff tombstones are not tied to one entry).
+        found = orm.apply_tombstone(tag, None, wall)
+        if found is not None:
+            owner = found
+            batch.or_delete(name, found, tag)
+        else:
+            owner = key
+            if key:
+                orm.apply_tombstone(tag, key, wall)
+        batch.or_tombstone_put(name, tag, owner, wall)
+        effective.append(Change(name, owner, ChangeKind.OR_REMOVE, or_record=removed, or_tag=tag))
+        return _APPLIED
+
+    # -- tombstone GC ------------------------------------------------------------------------------
+    def gc(self, now_ms: int | None = None) -> GcReport:
+        """One GC pass (§5.10 item 2): prune tombstones older than ``wall - R``, record ``P(M)``."""
+        committer = self.committer
+        if committer is None:
+            raise RuntimeError("grid not started")
+        now = self._wall() if now_ms is None else int(now_ms)
+        horizon = Timestamp(now - self.retention_ms, 0, self.node_id)
+        batch = committer.batch
+        pruned: dict[str, int] = {}
+        for name, lww in self._lww.items():
+            keys = lww.prune(horizon)
+            if keys:
+                for key in keys:
+                    batch.lww_delete(name, key)
+                pruned[name] = len(keys)
+        for name, orm in self._or.items():
+            tags = orm.prune(removed_before_ms=horizon.millis)
+            if tags:
+                for tag in tags:
+                    batch.or_tombstone_delete(name, tag)
+                pruned[name] = len(tags)
+        for name in pruned:
+            self._horizons[name] = horizon
+            batch.set_prune_horizon(name, horizon)
+        commit = committer.commit_future() if batch else None
+        if pruned:
+            log.info("tombstone GC: pruned %d tombstones in %d maps (horizon %s)",
+                     sum(pruned.values()), len(pruned), horizon)
+        return GcReport(horizon, pruned, commit)
+
+
+def _drift(millis: int, wall: int) -> Outcome:
+    return Outcome(
+        OutcomeStatus.REJECTED, 422, f"timestamp {millis} is {millis - wall} ms ahead of the server clock"
+    )
