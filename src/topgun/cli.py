@@ -1,4 +1,4 @@
-"""The ``topgun`` command line: ``topgun serve``.
+"""The ``topgun`` command line: ``topgun serve`` and ``topgun bench``.
 
 Every ``serve`` flag can also come from the environment (``TOPGUN_HOST``,
 ``TOPGUN_PORT``, ``TOPGUN_STORAGE``, ``TOPGUN_JWT_SECRET``,
@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR (default INFO)")
     s.add_argument("--config", metavar="FILE", help="TOML or JSON config file (env TOPGUN_CONFIG)")
+    b = sub.add_parser("bench", help="run a benchmark", description="Run a benchmark suite.")
+    b.add_argument("suite", choices=["transport"], help="transport: PING/PONG through each WebSocket adapter")
+    b.add_argument("options", nargs=argparse.REMAINDER, help="options of the suite (see its --help)")
     return parser
 
 
@@ -153,6 +156,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _cmd_serve(args)
+        if args.command == "bench":
+            from topgun.server.transport import bench
+
+            bench.main(list(args.options))
+            return 0
     except ConfigError as exc:
         print(f"topgun: configuration error: {exc}", file=sys.stderr)
         return 2
