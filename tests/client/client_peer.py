@@ -71,7 +71,8 @@ class Peer:
         if isinstance(msg, MerkleReqBucket):
             m = self.lmap(msg.map_name)
             if len(msg.path) < 3:
-                return [SyncRespBuckets(map_name=msg.map_name, path=msg.path, buckets=m.merkle.buckets(msg.path))]
+                buckets = m.merkle.buckets(msg.path)
+                return [SyncRespBuckets(map_name=msg.map_name, path=msg.path, buckets=buckets)]
             keys = m.merkle.keys_under(msg.path)
             return [SyncRespLeaf(map_name=msg.map_name, path=msg.path,
                                  records=[LeafRecord(key=k, record=m.get_record(k)) for k in keys])]

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from client_peer import Peer, converse, wire
+
 from topgun.client.engine import SyncEngine
 from topgun.client.state import ChangeOrigin
 from topgun.client.storage import MemoryStorage, SQLiteStorage
@@ -145,7 +145,7 @@ def test_batches_are_bounded_and_acks_must_match_exactly(store: LocalStore) -> N
     assert store.pending_count == 1200
     engine.receive(wire(OpAck(last_id="1000")))
     assert store.pending_count == 200
-    assert [o.op_id for o in store.storage.load_ops()][0] == 1001
+    assert next(o.op_id for o in store.storage.load_ops()) == 1001
     # The same ack twice does nothing more; the last batch's ack empties the log.
     engine.receive(wire(OpAck(last_id="1000")))
     engine.receive(wire(OpAck(last_id="1200")))
@@ -346,7 +346,7 @@ def test_or_diff_response_and_full_resync(store: LocalStore) -> None:
     store.or_add("tags", "k", "old")
     engine = SyncEngine(store)
     out = ready(engine)
-    batch = [m for m in out if isinstance(m, OpBatch)][0]
+    batch = next(m for m in out if isinstance(m, OpBatch))
     # A diff response carrying a tombstone for our record removes it.
     tag = batch.ops[0].or_record.tag
     engine.receive(wire(ORMapDiffResponse(map_name="tags", entries=[ORMapEntry(key="k", records=[],

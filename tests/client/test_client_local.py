@@ -37,7 +37,8 @@ async def test_api_and_top_level_export(tmp_path: Path) -> None:
         rec = todos.set("t1", {"text": "milk", "done": False})
         assert rec.timestamp.node_id == client.node_id
         assert todos.get("t1") == {"text": "milk", "done": False}
-        assert "t1" in todos and len(todos) == 1 and todos.items() == [("t1", {"text": "milk", "done": False})]
+        assert "t1" in todos and len(todos) == 1
+        assert todos.items() == [("t1", {"text": "milk", "done": False})]
         todos.remove("t1")
         assert todos.get("t1") is None and "t1" not in todos and len(todos) == 0
         assert todos.get_record("t1").value is None  # tombstone kept for sync
