@@ -1,0 +1,173 @@
+"""Differential tests: the compiled and the pure codec agree object for object and byte for byte."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from protocol_strategies import PROPS, client_ops, message_strategy, messages, values
+
+from topgun.errors import ProtocolError
+from topgun.protocol import _codec_py
+from topgun.protocol import messages as M
+
+_BAD = [None, 1.5, -3, "x", "", [], {}, True, 2**40, float("inf")]
+_FIELDS = [
+    "id",
+    "mapName",
+    "key",
+    "opType",
+    "record",
+    "orRecord",
+    "orTag",
+    "writeConcern",
+    "timeout",
+    "timestamp",
+]
+_NESTED = ["value", "timestamp", "ttlMs", "tag", "millis", "counter", "nodeId"]
+
+
+@st.composite
+def wire_ops(draw: st.DrawFn) -> Any:
+    """A wire op: valid, float-millis (as the TS client sends), or damaged in one place."""
+    op = _codec_py._e_op(draw(client_ops()))
+    choice = draw(st.integers(0, 4))
+    if choice == 1:  # integral floats where JS numbers exceed 32 bits
+        for rec_key in ("record", "orRecord"):
+            if isinstance(op.get(rec_key), dict):
+                op[rec_key]["timestamp"]["millis"] = float(op[rec_key]["timestamp"]["millis"])
+        if "timestamp" in op:
+            op["timestamp"]["millis"] = float(op["timestamp"]["millis"])
+    elif choice == 2:  # the TS op log: op-level timestamp copied from the record, synced flag
+        rec = op.get("record") or op.get("orRecord")
+        if isinstance(rec, dict):
+            op["timestamp"] = copy.deepcopy(rec["timestamp"])
+        op["synced"] = False
+    elif choice == 3:  # one top-level field damaged or removed
+        f = draw(st.sampled_from(_FIELDS))
+        if draw(st.booleans()):
+            op.pop(f, None)
+        else:
+            op[f] = draw(st.sampled_from(_BAD))
+    elif choice == 4:  # one nested field damaged
+        rec_key = draw(st.sampled_from(["record", "orRecord", "timestamp"]))
+        target = op.get(rec_key)
+        if isinstance(target, dict):
+            f = draw(st.sampled_from(_NESTED))
+            if f in ("millis", "counter", "nodeId") and isinstance(target.get("timestamp"), dict):
+                target = target["timestamp"]
+            target[f] = draw(st.sampled_from(_BAD))
+    if draw(st.integers(0, 20)) == 0:
+        return draw(st.sampled_from(_BAD))  # not even a map
+    return op
+
+
+@PROPS
+@given(ops=st.lists(wire_ops(), max_size=12), wc=st.sampled_from([None, "APPLIED", "PERSISTED"]))
+def test_op_batches_decode_identically(pure: Any, compiled: Any, ops: list[Any], wc: str | None) -> None:
+    payload: dict[str, Any] = {"ops": ops}
+    if wc is not None:
+        payload["writeConcern"] = wc
+    frame = _codec_py.pack({"type": "OP_BATCH", "payload": payload})
+    a = pure.codec.decode(frame)
+    b = compiled.codec.decode(frame)
+    assert a == b
+    assert [type(x) for x in a.ops] == [type(x) for x in b.ops]
+    for x, y in zip(a.ops, b.ops, strict=True):
+        if isinstance(x, M.ClientOp):
+            assert type(x.timeout) is type(y.timeout)
+            for rec in ("record", "or_record"):
+                rx, ry = getattr(x, rec), getattr(y, rec)
+                if rx is not None:
+                    assert type(rx) is type(ry) and type(ry.timestamp) is M.Timestamp
+                    assert type(ry.timestamp.millis) is int
+    for op in ops:
+        single = _codec_py.pack({"type": "CLIENT_OP", "payload": op})
+        try:
+            ca = pure.codec.decode(single)
+        except ProtocolError as exc:
+            with pytest.raises(ProtocolError) as ei:
+                compiled.codec.decode(single)
+            assert (type(ei.value), ei.value.code, ei.value.field) == (type(exc), exc.code, exc.field)
+        else:
+            assert compiled.codec.decode(single) == ca
+
+
+server_events = message_strategy(M.ServerEvent)
+query_updates = message_strategy(M.QueryUpdate)
+op_acks = message_strategy(M.OpAck)
+
+
+@PROPS
+@given(msg=st.one_of(server_events, query_updates, op_acks))
+def test_hot_encoders_identical_bytes(pure: Any, compiled: Any, msg: Any) -> None:
+    a = pure.codec.encode(msg)
+    assert compiled.codec.encode(msg) == a
+    assert compiled.codec.decode(a) == pure.codec.decode(a) == msg
+
+
+@PROPS
+@given(
+    value=values, big=st.sampled_from([0, 2**31, -(2**31) - 1, 2**63, -(2**63), 2**64 - 1, 1.5, "é" * 300])
+)
+def test_value_packing_identical(pure: Any, compiled: Any, value: Any, big: Any) -> None:
+    for v in (value, big, [value, big], {"a": value, "b": {"c": [big] * 20}}, "x" * 70000, b"y" * 300):
+        msg = M.QueryUpdate(query_id="q", key="k", value=v, change_type=M.ChangeType.UPDATE)
+        assert compiled.codec.encode(msg) == pure.codec.encode(msg)
+
+
+def test_unusual_values_fall_back_identically(pure: Any, compiled: Any) -> None:
+    ts = M.Timestamp(1, 2, "n")
+    for v in [(1, 2), M.Ext(-1, b"abcd"), M.ErrorCode.CONFLICT, M.OpType.PUT, {"k": (1,)}, {1: 2}]:
+        ev = M.ServerEvent(map_name="m", event_type=M.ServerEventType.PUT, key="k", record=M.LWWRecord(v, ts))
+        assert compiled.codec.encode(ev) == pure.codec.encode(ev)
+    for bad in [object(), 2**70, -(2**64)]:
+        ev = M.ServerEvent(
+            map_name="m", event_type=M.ServerEventType.PUT, key="k", record=M.LWWRecord(bad, ts)
+        )
+        with pytest.raises(Exception) as ea:
+            pure.codec.encode(ev)
+        with pytest.raises(Exception) as eb:
+            compiled.codec.encode(ev)
+        assert type(ea.value) is type(eb.value)
+    with pytest.raises(ProtocolError):
+        compiled.codec.encode(M.OpAck(last_id=None))  # type: ignore[arg-type]
+
+
+@PROPS
+@given(msg=messages)
+def test_every_kind_identical(pure: Any, compiled: Any, msg: Any) -> None:
+    frame = pure.codec.encode(msg)
+    assert compiled.codec.encode(msg) == frame
+    assert compiled.codec.decode(frame) == pure.codec.decode(frame)
+
+
+@PROPS
+@given(
+    data=st.binary(max_size=120),
+    prefix=st.sampled_from([b"", b"\x82", b"\x82\xa4type\xa8OP_BATCH\xa7payload"]),
+)
+def test_errors_identical(pure: Any, compiled: Any, data: bytes, prefix: bytes) -> None:
+    frame = prefix + data
+    try:
+        expected = pure.codec.decode(frame)
+    except ProtocolError as exc:
+        with pytest.raises(ProtocolError) as ei:
+            compiled.codec.decode(frame)
+        assert (type(ei.value), ei.value.code, ei.value.field, str(ei.value)) == (
+            type(exc),
+            exc.code,
+            exc.field,
+            str(exc),
+        )
+    else:
+        assert compiled.codec.decode(frame) == expected
+
+
+def test_same_public_names(pure: Any, compiled: Any) -> None:
+    for name in _codec_py.__all__:
+        assert hasattr(compiled.codec, name), name
+    assert compiled.codec.Limits is pure.codec.Limits
