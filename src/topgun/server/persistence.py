@@ -32,7 +32,10 @@ staged later: an accepted change is never dropped while the process lives.
 Changes staged after the failure keep their own futures, which resolve when
 they (and the retried changes before them) finally commit. :meth:`drain`
 raises if the storage still fails; :meth:`close` then gives up, logs how many
-rows were lost and raises.
+rows were lost and raises. Retrying forever is safe because a batch can only
+fail for reasons outside it (disk full, database down, connection lost):
+``WriteBatch`` refuses, when a change is recorded, every row that a backend
+could never store.
 """
 
 from __future__ import annotations
@@ -219,6 +222,9 @@ class GroupCommitter:
         if self._closed:
             raise StorageError("the group committer is closed")
         p = self._open
+        if not p.batch:
+            # Nothing to write: an empty batch would never be flushed, so its future would hang.
+            return self.sync_point()
         if len(p.batch) >= self.max_batch_ops:
             self._sealed.append(p)
             self._open = _Pending(self._loop)

@@ -85,6 +85,7 @@ async def test_submit_resolves_only_after_commit(storage_url: str) -> None:
         assert (await fresh_load(storage_url)).maps["m"].lww == {"k": rec("v")}
         assert committer.backlog_rows == 0
     finally:
+        store.gate.set()  # never leave close() waiting on a shut gate
         await committer.close()
         await store.close()
 
@@ -111,6 +112,7 @@ async def test_changes_accumulate_while_a_commit_is_in_flight(storage_url: str) 
         assert len(snap.maps["m"].lww) == 102
         assert snap.maps["m"].lww["hot"] == rec(999, 999)
     finally:
+        store.gate.set()  # never leave close() waiting on a shut gate
         await committer.close()
         await store.close()
 
@@ -129,6 +131,7 @@ async def test_batch_size_cap_bounds_transactions(storage_url: str) -> None:
         assert len({id(f) for f in futs}) == 4
         assert len((await fresh_load(storage_url)).maps["m"].lww) == 35
     finally:
+        store.gate.set()  # never leave close() waiting on a shut gate
         await committer.close()
         await store.close()
 
@@ -178,6 +181,7 @@ async def test_many_concurrent_producers(storage_url: str) -> None:
         assert len(snap.maps["m"].lww) == 2000
         assert snap.maps["m"].lww["p7-42"].value == [7, 42]
     finally:
+        store.gate.set()  # never leave close() waiting on a shut gate
         await committer.close()
         await store.close()
 
@@ -227,6 +231,7 @@ async def test_sync_point_waits_for_earlier_changes(storage_url: str) -> None:
         store.gate.set()
         await asyncio.wait_for(point, 10)
     finally:
+        store.gate.set()  # never leave close() waiting on a shut gate
         await committer.close()
         await store.close()
 
@@ -299,3 +304,22 @@ def test_latency_histogram_buckets() -> None:
     assert h.quantile(1.0) == 2.0
     assert h.max == 2.0
     assert LatencyHistogram().quantile(0.99) == 0.0
+
+
+async def test_commit_future_of_an_empty_batch_does_not_hang(storage_url: str) -> None:
+    store = Gated(open_storage(storage_url))
+    await store.open()
+    committer = GroupCommitter(store)
+    try:
+        assert committer.commit_future().done()  # nothing recorded, nothing pending
+        store.gate.clear()
+        fut = committer.submit(lambda b: b.set_meta("k", "v"))
+        await asyncio.wait_for(store.started.wait(), 10)
+        empty = committer.commit_future()  # nothing new recorded: waits for the in-flight commit
+        assert empty is fut and not empty.done()
+        store.gate.set()
+        await asyncio.wait_for(empty, 10)
+    finally:
+        store.gate.set()
+        await committer.close()
+        await store.close()
