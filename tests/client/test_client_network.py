@@ -158,3 +158,41 @@ async def test_unreachable_server_keeps_retrying_with_backoff(tmp_path) -> None:
         assert states.count(ConnectionState.CONNECTING) >= 2
         assert ConnectionState.BACKOFF in states
         assert c.get_map("m").get("a") == 1
+
+
+async def test_heartbeat_drops_a_silent_connection_and_reconnects() -> None:
+    """A WebSocket peer that completes the upgrade and then never answers: no PONG -> reconnect."""
+    from websockets.asyncio.server import serve
+
+    opened: list[int] = []
+
+    async def silent(ws) -> None:
+        opened.append(1)
+        async for _ in ws:  # read and ignore everything (DEVICE_HELLO, PING, …)
+            pass
+
+    async with serve(silent, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        settings = ConnectionSettings(ping_interval=0.1, pong_timeout=0.35, backoff_base=0.05, backoff_max=0.1)
+        async with TopGunClient(f"ws://127.0.0.1:{port}/ws", settings=settings) as c:
+            await c.wait_connected(5)  # the no-auth grace elapsed: authenticated without a principal
+            assert c.state is ConnectionState.CONNECTED
+            await asyncio.sleep(1.5)
+            assert len(opened) >= 2  # dropped for missing PONGs, then reconnected
+
+
+async def test_heartbeat_pongs_keep_a_live_connection() -> None:
+    from topgun.server.app import TopGunServer
+
+    srv = TopGunServer(port=0, storage=f"memory://client-{uuid.uuid4().hex}")
+    await srv.start()
+    try:
+        settings = ConnectionSettings(ping_interval=0.1, pong_timeout=0.5)
+        async with TopGunClient(srv.url, settings=settings) as c:
+            await c.wait_connected(5)
+            sessions = c.engine.sessions
+            await asyncio.sleep(1.2)
+            assert c.engine.sessions == sessions and c.connected
+            assert c.engine.seconds_since_pong() < 0.5
+    finally:
+        await srv.stop()
