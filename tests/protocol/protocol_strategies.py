@@ -68,7 +68,7 @@ def client_ops(draw: st.DrawFn) -> M.ClientOp:
         rec = draw(st.builds(LWWRecord, non_nil_values, timestamps, ttls))
         return M.ClientOp(op_type=kind, record=rec, **common)
     if kind is M.OpType.REMOVE:
-        rec = draw(opt(st.builds(LWWRecord, st.none(), timestamps)))
+        rec = draw(opt(st.builds(LWWRecord, st.none(), timestamps, st.none())))
         return M.ClientOp(op_type=kind, record=rec, **common)
     if kind is M.OpType.OR_ADD:
         return M.ClientOp(op_type=kind, or_record=draw(or_records), **common)
