@@ -8,12 +8,15 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 
+from topgun.client.counter import CounterHandle, counters_of
 from topgun.client.engine import Handler, SyncEngine
+from topgun.client.lock import LockHandle, locks_of
 from topgun.client.maps import LWWMapHandle, ORMapHandle
 from topgun.client.state import ConnectionState
 from topgun.client.storage.base import ClientStorage
 from topgun.client.storage.memory import MemoryStorage
 from topgun.client.store import LocalStore
+from topgun.client.topic import TopicHandle, topics_of
 from topgun.client.transport import ConnectionSettings, Connector, TokenSource
 from topgun.errors import ClientClosedError, ConfigError, FlushTimeoutError, OpRejectedError
 from topgun.protocol.messages import Error, Message, MessageType
@@ -172,6 +175,31 @@ class TopGunClient:
             ok = True
         finally:
             self._store.end_batch(ok)
+
+    # -- topics, locks, counters -------------------------------------------------------------------
+
+    def topic(self, name: str, *, offline_queue: int | None = None) -> TopicHandle:
+        """The ephemeral pub/sub topic ``name`` (one handle per name; see :mod:`topgun.client.topic`).
+
+        ``offline_queue=N`` lets up to N publications wait while offline (oldest dropped
+        first) instead of raising ``NotConnectedError``.
+        """
+        self._require_open()
+        return topics_of(self).topic(name, offline_queue=offline_queue)
+
+    def lock(self, name: str, *, ttl: float | None = 10.0, timeout: float | None = None) -> LockHandle:
+        """A handle on the distributed lock ``name`` (see :mod:`topgun.client.lock`).
+
+        ``ttl`` is the lease in seconds (None: until released or disconnected);
+        ``timeout`` is the default wait of ``acquire()`` / ``async with``.
+        """
+        self._require_open()
+        return locks_of(self).lock(name, ttl=ttl, timeout=timeout)
+
+    def counter(self, name: str) -> CounterHandle:
+        """The PN-counter ``name`` (one handle per name; works offline; see :mod:`topgun.client.counter`)."""
+        self._require_open()
+        return counters_of(self).counter(name)
 
     def _map_opened(self, name: str) -> None:
         # §5.4: a map opened while connected is synced right away.
