@@ -51,33 +51,71 @@ def ts(millis: int | float, counter: int = 0, node: str = "client-a") -> dict[st
     return {"millis": float(millis), "counter": counter, "nodeId": node}
 
 
-def put(op_id: str, map_name: str, key: str, value: Any, millis: int, counter: int = 0,
-        node: str = "client-a", **extra: Any) -> dict[str, Any]:
+def put(
+    op_id: str,
+    map_name: str,
+    key: str,
+    value: Any,
+    millis: int,
+    counter: int = 0,
+    node: str = "client-a",
+    **extra: Any,
+) -> dict[str, Any]:
     t = ts(millis, counter, node)
-    op = {"id": op_id, "mapName": map_name, "key": key, "opType": "PUT",
-          "record": {"value": value, "timestamp": t}, "timestamp": t, "synced": False}
+    op = {
+        "id": op_id,
+        "mapName": map_name,
+        "key": key,
+        "opType": "PUT",
+        "record": {"value": value, "timestamp": t},
+        "timestamp": t,
+        "synced": False,
+    }
     op.update(extra)
     return op
 
 
-def remove(op_id: str, map_name: str, key: str, millis: int, counter: int = 0,
-           node: str = "client-a") -> dict[str, Any]:
+def remove(
+    op_id: str, map_name: str, key: str, millis: int, counter: int = 0, node: str = "client-a"
+) -> dict[str, Any]:
     t = ts(millis, counter, node)
-    return {"id": op_id, "mapName": map_name, "key": key, "opType": "REMOVE",
-            "record": {"value": None, "timestamp": t}, "timestamp": t, "synced": False}
+    return {
+        "id": op_id,
+        "mapName": map_name,
+        "key": key,
+        "opType": "REMOVE",
+        "record": {"value": None, "timestamp": t},
+        "timestamp": t,
+        "synced": False,
+    }
 
 
-def or_add(op_id: str, map_name: str, key: str, value: Any, millis: int, counter: int = 0,
-           node: str = "client-a") -> dict[str, Any]:
+def or_add(
+    op_id: str, map_name: str, key: str, value: Any, millis: int, counter: int = 0, node: str = "client-a"
+) -> dict[str, Any]:
     t = ts(millis, counter, node)
     tag = f"{int(millis)}:{counter}:{node}"
-    return {"id": op_id, "mapName": map_name, "key": key, "opType": "OR_ADD",
-            "orRecord": {"value": value, "timestamp": t, "tag": tag}, "timestamp": t, "synced": False}
+    return {
+        "id": op_id,
+        "mapName": map_name,
+        "key": key,
+        "opType": "OR_ADD",
+        "orRecord": {"value": value, "timestamp": t, "tag": tag},
+        "timestamp": t,
+        "synced": False,
+    }
 
 
 def or_remove(op_id: str, map_name: str, key: str, tag: str, millis: int) -> dict[str, Any]:
-    return {"id": op_id, "mapName": map_name, "key": key, "opType": "OR_REMOVE", "orTag": tag,
-            "timestamp": ts(millis, 0, "client-a"), "synced": False}
+    return {
+        "id": op_id,
+        "mapName": map_name,
+        "key": key,
+        "opType": "OR_REMOVE",
+        "orTag": tag,
+        "timestamp": ts(millis, 0, "client-a"),
+        "synced": False,
+    }
 
 
 def batch(*ops: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -101,14 +139,23 @@ def wire_or(d: dict[str, Any]) -> ORMapRecord:
 
 
 def lww_to_wire(r: LWWRecord) -> dict[str, Any]:
-    return {"value": r.value, "timestamp": {"millis": r.timestamp.millis, "counter": r.timestamp.counter,
-                                            "nodeId": r.timestamp.node_id}}
+    return {
+        "value": r.value,
+        "timestamp": {
+            "millis": r.timestamp.millis,
+            "counter": r.timestamp.counter,
+            "nodeId": r.timestamp.node_id,
+        },
+    }
 
 
 def or_to_wire(r: ORMapRecord) -> dict[str, Any]:
     t = r.timestamp
-    return {"value": r.value, "timestamp": {"millis": t.millis, "counter": t.counter, "nodeId": t.node_id},
-            "tag": r.tag}
+    return {
+        "value": r.value,
+        "timestamp": {"millis": t.millis, "counter": t.counter, "nodeId": t.node_id},
+        "tag": r.tag,
+    }
 
 
 async def recv_until(c: RawClient, type_name: str, timeout: float = 5.0) -> list[dict[str, Any]]:

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import need_postgres
 from gridkit import batch, connect, now_ms, put, serving
 from rawclient import RawClient
 
+from conftest import need_postgres
 from topgun.server.storage import open_storage
 
 pytestmark = pytest.mark.timeout(120)
@@ -95,8 +95,20 @@ async def _spawn(url: str, tmp_path: Path) -> tuple[asyncio.subprocess.Process, 
     env = dict(os.environ)
     env.pop("TOPGUN_CONFIG", None)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "topgun", "serve", "--port", "0", "--storage", url, "--log-level", "WARNING",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, cwd=str(tmp_path),
+        sys.executable,
+        "-m",
+        "topgun",
+        "serve",
+        "--port",
+        "0",
+        "--storage",
+        url,
+        "--log-level",
+        "WARNING",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+        cwd=str(tmp_path),
     )
     assert proc.stdout is not None and proc.stderr is not None
     line = await asyncio.wait_for(proc.stdout.readline(), 60)
@@ -169,7 +181,9 @@ async def test_kill_9_of_topgun_serve_loses_no_acked_op(kind: str, tmp_path: Pat
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
-async def test_sigterm_drains_and_commits_everything_acknowledged(kind: str, tmp_path: Path, request: Any) -> None:
+async def test_sigterm_drains_and_commits_everything_acknowledged(
+    kind: str, tmp_path: Path, request: Any
+) -> None:
     url = _url(kind, tmp_path, lambda: request.getfixturevalue("pg_url"))
     s, rc = await _stream_then(url, tmp_path, signal.SIGTERM)
     assert rc == 0

@@ -35,8 +35,12 @@ async def lww_walk(c: RawClient, map_name: str, local: LWWMap, last_sync: int = 
             for ch, h in p["buckets"].items():
                 assert isinstance(h, int) and 0 <= h < 2**32
                 if mine.get(ch, 0) != h:
-                    await c.send({"type": "MERKLE_REQ_BUCKET",
-                                  "payload": {"mapName": map_name, "path": p["path"] + ch}})
+                    await c.send(
+                        {
+                            "type": "MERKLE_REQ_BUCKET",
+                            "payload": {"mapName": map_name, "path": p["path"] + ch},
+                        }
+                    )
                     outstanding += 1
         else:
             assert msg["type"] == "SYNC_RESP_LEAF", msg
@@ -76,8 +80,9 @@ async def test_merkle_walk_catches_up_missed_writes_and_deletes(storage_url: str
         for i in range(6, 11):
             rec = local.get_record(f"k{i}")
             assert rec is not None and rec.value is None and rec.timestamp == Timestamp(t + 2, i, "client-a")
-        assert sorted(local.keys()) == sorted([f"k{i}" for i in range(30) if not 6 <= i <= 10]
-                                              + [f"n{i}" for i in range(10)])
+        assert sorted(local.keys()) == sorted(
+            [f"k{i}" for i in range(30) if not 6 <= i <= 10] + [f"n{i}" for i in range(10)]
+        )
         # in sync now: one round trip
         root = await lww_walk(b, "todos", local, last_sync=t)
         assert root["payload"]["rootHash"] == local.root_hash
@@ -100,8 +105,21 @@ async def test_sync_of_unknown_map_and_bad_paths() -> None:
             assert err["type"] == "ERROR" and err["payload"]["code"] == 400, bad
         # an OR map cannot be walked as LWW
         t = now_ms()
-        await c.send(batch({"id": "1", "mapName": "ormap", "key": "k", "opType": "OR_ADD", "orRecord": {
-            "value": 1, "timestamp": {"millis": t, "counter": 0, "nodeId": "n"}, "tag": f"{t}:0:n"}}))
+        await c.send(
+            batch(
+                {
+                    "id": "1",
+                    "mapName": "ormap",
+                    "key": "k",
+                    "opType": "OR_ADD",
+                    "orRecord": {
+                        "value": 1,
+                        "timestamp": {"millis": t, "counter": 0, "nodeId": "n"},
+                        "tag": f"{t}:0:n",
+                    },
+                }
+            )
+        )
         await c.recv_type("OP_ACK")
         await c.send({"type": "SYNC_INIT", "mapName": "ormap"})
         err = await c.recv()
@@ -133,8 +151,14 @@ async def test_gc_prunes_old_tombstones_announces_and_forces_resets(storage_url:
     async with serving(storage_url, tombstone_retention=5.0) as server:
         a = await connect(server)
         b = await connect(server)
-        await a.send(batch(put("1", "m", "live", 1, t), remove("2", "m", "old", t - 60_000),
-                           remove("3", "m", "recent", t), put("4", "m", "old-live", 1, t - 60_000)))
+        await a.send(
+            batch(
+                put("1", "m", "live", 1, t),
+                remove("2", "m", "old", t - 60_000),
+                remove("3", "m", "recent", t),
+                put("4", "m", "old-live", 1, t - 60_000),
+            )
+        )
         await a.recv_type("OP_ACK")
         core = server.core
         assert core is not None and core.gc is not None
@@ -161,8 +185,9 @@ async def test_gc_prunes_old_tombstones_announces_and_forces_resets(storage_url:
         await a.send({"type": "SYNC_INIT", "mapName": "m", "lastSyncTimestamp": float(now_ms())})
         assert (await a.recv())["type"] == "SYNC_RESP_ROOT"
         # writes older than P(M) that could resurrect the pruned delete are refused
-        await a.send(batch(put("5", "m", "old", "zombie", t - 60_000, 5),
-                           put("6", "m", "old-live", 2, t - 60_000, 1)))
+        await a.send(
+            batch(put("5", "m", "old", "zombie", t - 60_000, 5), put("6", "m", "old-live", 2, t - 60_000, 1))
+        )
         frames = []
         while not frames or frames[-1]["type"] != "OP_ACK":
             frames.append(await a.recv())
@@ -183,11 +208,22 @@ async def test_or_tombstone_gc_and_full_resync(storage_url: str) -> None:
     async with serving(storage_url, tombstone_retention=0.2) as server:
         a = await connect(server)
         tag = f"{t}:0:client-a"
-        await a.send(batch(
-            {"id": "1", "mapName": "tags", "key": "k", "opType": "OR_ADD",
-             "orRecord": {"value": "x", "timestamp": {"millis": t, "counter": 0, "nodeId": "client-a"}, "tag": tag}},
-            {"id": "2", "mapName": "tags", "key": "k", "opType": "OR_REMOVE", "orTag": tag},
-        ))
+        await a.send(
+            batch(
+                {
+                    "id": "1",
+                    "mapName": "tags",
+                    "key": "k",
+                    "opType": "OR_ADD",
+                    "orRecord": {
+                        "value": "x",
+                        "timestamp": {"millis": t, "counter": 0, "nodeId": "client-a"},
+                        "tag": tag,
+                    },
+                },
+                {"id": "2", "mapName": "tags", "key": "k", "opType": "OR_REMOVE", "orTag": tag},
+            )
+        )
         await a.recv_type("OP_ACK")
         orm = server.core.grid.ormap("tags")  # type: ignore[union-attr]
         assert orm.is_tombstoned(tag)
@@ -196,17 +232,44 @@ async def test_or_tombstone_gc_and_full_resync(storage_url: str) -> None:
         assert report.pruned == {"tags": 1}
         await a.recv_type("GC_PRUNE")
         assert not orm.is_tombstoned(tag)
-        await a.send({"type": "ORMAP_SYNC_INIT", "mapName": "tags", "rootHash": 0, "bucketHashes": {},
-                      "lastSyncTimestamp": float(t)})
+        await a.send(
+            {
+                "type": "ORMAP_SYNC_INIT",
+                "mapName": "tags",
+                "rootHash": 0,
+                "bucketHashes": {},
+                "lastSyncTimestamp": float(t),
+            }
+        )
         root = await a.recv()
         assert root["type"] == "ORMAP_SYNC_RESP_ROOT" and root["payload"]["fullResync"] is True
-        await a.send({"type": "ORMAP_SYNC_INIT", "mapName": "tags", "rootHash": 0, "bucketHashes": {},
-                      "lastSyncTimestamp": float(now_ms())})
+        await a.send(
+            {
+                "type": "ORMAP_SYNC_INIT",
+                "mapName": "tags",
+                "rootHash": 0,
+                "bucketHashes": {},
+                "lastSyncTimestamp": float(now_ms()),
+            }
+        )
         root = await a.recv()
         assert "fullResync" not in root["payload"] and "coveringEpoch" not in root["payload"]
         # a pre-horizon add of an unknown tag is refused
-        await a.send(batch({"id": "3", "mapName": "tags", "key": "k", "opType": "OR_ADD", "orRecord": {
-            "value": "y", "timestamp": {"millis": t - 1000, "counter": 0, "nodeId": "c"}, "tag": "zz"}}))
+        await a.send(
+            batch(
+                {
+                    "id": "3",
+                    "mapName": "tags",
+                    "key": "k",
+                    "opType": "OR_ADD",
+                    "orRecord": {
+                        "value": "y",
+                        "timestamp": {"millis": t - 1000, "counter": 0, "nodeId": "c"},
+                        "tag": "zz",
+                    },
+                }
+            )
+        )
         rej = await a.recv()
         assert rej["type"] == "OP_REJECTED" and rej["payload"]["code"] == 409
 

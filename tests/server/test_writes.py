@@ -25,7 +25,9 @@ from topgun.core.records import LWWRecord, Timestamp
 pytestmark = pytest.mark.timeout(60)
 
 
-async def test_put_is_acked_with_honest_level_and_survives_restart(storage_kind: str, storage_url: str) -> None:
+async def test_put_is_acked_with_honest_level_and_survives_restart(
+    storage_kind: str, storage_url: str
+) -> None:
     t = now_ms()
     async with serving(storage_url) as server:
         c = await connect(server)
@@ -55,37 +57,65 @@ async def test_put_is_acked_with_honest_level_and_survives_restart(storage_kind:
         assert grid.hlc.now() > Timestamp(t, 1, "client-a")
 
 
-async def test_rejections_precede_the_ack_which_still_covers_them(storage_kind: str, storage_url: str) -> None:
+async def test_rejections_precede_the_ack_which_still_covers_them(
+    storage_kind: str, storage_url: str
+) -> None:
     t = now_ms()
     async with serving(storage_url) as server:
         c = await connect(server)
         await c.send(batch(or_add("1", "tags", "x", "red", t)))
         assert (await c.recv())["type"] == "OP_ACK"
-        bad_shape = {"id": "3", "mapName": "todos", "key": "k", "opType": "PUT",
-                     "record": {"value": 1, "timestamp": {"millis": "soon", "counter": 0, "nodeId": "n"}}}
+        bad_shape = {
+            "id": "3",
+            "mapName": "todos",
+            "key": "k",
+            "opType": "PUT",
+            "record": {"value": 1, "timestamp": {"millis": "soon", "counter": 0, "nodeId": "n"}},
+        }
         bad_node = put("4", "todos", "k", 1, t, node="a:b")
-        await c.send(batch(
-            put("2", "todos", "k", "ok", t),
-            bad_shape,
-            bad_node,
-            put("5", "todos", "k2", 1, t + 3_600_000),  # an hour ahead: drift
-            put("6", "tags", "x", 1, t),  # LWW op on an OR map
-            or_add("7", "todos", "k", "v", t),  # OR op on an LWW map
-            {"id": "8", "mapName": "", "key": "k", "opType": "PUT", "record": {"value": 1, "timestamp": {
-                "millis": t, "counter": 0, "nodeId": "n"}}},
-            put("9", "todos", "k3", "fine", t),
-        ))
+        await c.send(
+            batch(
+                put("2", "todos", "k", "ok", t),
+                bad_shape,
+                bad_node,
+                put("5", "todos", "k2", 1, t + 3_600_000),  # an hour ahead: drift
+                put("6", "tags", "x", 1, t),  # LWW op on an OR map
+                or_add("7", "todos", "k", "v", t),  # OR op on an LWW map
+                {
+                    "id": "8",
+                    "mapName": "",
+                    "key": "k",
+                    "opType": "PUT",
+                    "record": {"value": 1, "timestamp": {"millis": t, "counter": 0, "nodeId": "n"}},
+                },
+                put("9", "todos", "k3", "fine", t),
+            )
+        )
         frames = await recv_until(c, "OP_ACK")
         rejected = [f["payload"] for f in frames if f["type"] == "OP_REJECTED"]
         assert [(r["opId"], r["code"]) for r in rejected] == [
-            ("3", 400), ("4", 400), ("5", 422), ("6", 409), ("7", 409), ("8", 400)
+            ("3", 400),
+            ("4", 400),
+            ("5", 422),
+            ("6", 409),
+            ("7", 409),
+            ("8", 400),
         ]
         assert all(isinstance(r["reason"], str) and r["reason"] for r in rejected)
         ack = frames[-1]["payload"]
         assert ack["lastId"] == "9"
         assert ack["achievedLevel"] == expected_level(storage_kind)
         ok = {r["opId"]: r["success"] for r in ack["results"]}
-        assert ok == {"2": True, "3": False, "4": False, "5": False, "6": False, "7": False, "8": False, "9": True}
+        assert ok == {
+            "2": True,
+            "3": False,
+            "4": False,
+            "5": False,
+            "6": False,
+            "7": False,
+            "8": False,
+            "9": True,
+        }
         assert all(r["achievedLevel"] == "FIRE_AND_FORGET" for r in ack["results"] if not r["success"])
         grid = server.core.grid  # type: ignore[union-attr]
         assert grid.lww("todos").get("k") == "ok" and grid.lww("todos").get("k3") == "fine"
@@ -105,8 +135,10 @@ async def test_all_rejected_batch_and_ops_without_ids() -> None:
         del op["id"]
         await c.send(batch(op))
         frames = await recv_until(c, "OP_ACK")
-        assert frames[0] == {"type": "OP_REJECTED", "payload": {"opId": "", "reason": frames[0]["payload"]["reason"],
-                                                                "code": 422}}
+        assert frames[0] == {
+            "type": "OP_REJECTED",
+            "payload": {"opId": "", "reason": frames[0]["payload"]["reason"], "code": 422},
+        }
         assert frames[1]["payload"]["lastId"] == "0"
         assert frames[1]["payload"]["results"] == []
 
@@ -131,11 +163,18 @@ async def test_remove_without_record_uses_op_timestamp_then_server_clock() -> No
         c = await connect(server)
         await c.send(batch(put("1", "m", "a", 1, t), put("2", "m", "b", 1, t)))
         await c.recv_type("OP_ACK")
-        await c.send(batch(
-            {"id": "3", "mapName": "m", "key": "a", "opType": "REMOVE", "timestamp": {
-                "millis": float(t + 5), "counter": 0, "nodeId": "client-a"}},
-            {"id": "4", "mapName": "m", "key": "b", "record": None},  # classified REMOVE, server clock
-        ))
+        await c.send(
+            batch(
+                {
+                    "id": "3",
+                    "mapName": "m",
+                    "key": "a",
+                    "opType": "REMOVE",
+                    "timestamp": {"millis": float(t + 5), "counter": 0, "nodeId": "client-a"},
+                },
+                {"id": "4", "mapName": "m", "key": "b", "record": None},  # classified REMOVE, server clock
+            )
+        )
         await c.recv_type("OP_ACK")
         lww = server.core.grid.lww("m")  # type: ignore[union-attr]
         assert lww.get_record("a") == LWWRecord(None, Timestamp(t + 5, 0, "client-a"))
@@ -157,16 +196,24 @@ async def test_push_to_interested_others_not_the_writer(storage_url: str) -> Non
         await writer.send(batch(put("1", "todos", "a", {"n": 1}, t)))
         assert (await writer.recv())["type"] == "OP_ACK"
         ev = await watcher.recv()
-        assert ev == {"type": "SERVER_EVENT", "payload": {
-            "mapName": "todos", "eventType": "PUT", "key": "a",
-            "record": {"value": {"n": 1}, "timestamp": {"millis": t, "counter": 0, "nodeId": "client-a"}}}}
+        assert ev == {
+            "type": "SERVER_EVENT",
+            "payload": {
+                "mapName": "todos",
+                "eventType": "PUT",
+                "key": "a",
+                "record": {"value": {"n": 1}, "timestamp": {"millis": t, "counter": 0, "nodeId": "client-a"}},
+            },
+        }
         # a remove is pushed as REMOVE with its tombstone record (value nil)
         await writer.send(batch(remove("2", "todos", "a", t + 1)))
         assert (await writer.recv())["type"] == "OP_ACK"
         ev = await watcher.recv()
         assert ev["payload"]["eventType"] == "REMOVE"
-        assert ev["payload"]["record"] == {"value": None, "timestamp": {"millis": t + 1, "counter": 0,
-                                                                       "nodeId": "client-a"}}
+        assert ev["payload"]["record"] == {
+            "value": None,
+            "timestamp": {"millis": t + 1, "counter": 0, "nodeId": "client-a"},
+        }
         # several changes of one batch arrive coalesced, in order
         await writer.send(batch(*(put(str(10 + i), "todos", f"k{i}", i, t + 2) for i in range(5))))
         assert (await writer.recv())["type"] == "OP_ACK"
@@ -195,9 +242,18 @@ async def test_losing_writer_gets_corrective_event(storage_url: str) -> None:
         assert (await a.recv())["type"] == "OP_ACK"
         await b.send(batch(put("1", "m", "k", "older", t, node="client-b")))
         frames = await recv_until(b, "OP_ACK")
-        assert frames[0] == {"type": "SERVER_EVENT", "payload": {
-            "mapName": "m", "eventType": "PUT", "key": "k",
-            "record": {"value": "newer", "timestamp": {"millis": t + 10, "counter": 0, "nodeId": "client-a"}}}}
+        assert frames[0] == {
+            "type": "SERVER_EVENT",
+            "payload": {
+                "mapName": "m",
+                "eventType": "PUT",
+                "key": "k",
+                "record": {
+                    "value": "newer",
+                    "timestamp": {"millis": t + 10, "counter": 0, "nodeId": "client-a"},
+                },
+            },
+        }
         assert frames[1]["payload"]["results"][0]["success"] is True  # accepted, it just lost
         await a.expect_silence(0.3)  # a losing write is no change: nothing pushed
         # an equal timestamp (a re-sent op) gets no correction
@@ -236,16 +292,24 @@ async def test_acks_keep_batch_order_under_a_stream(storage_kind: str, storage_u
 
 async def test_write_permissions_from_the_map_acl() -> None:
     t = now_ms()
-    acl = [{"map": "admin.*", "read": ["admin"], "write": ["admin"]},
-           {"map": "catalog*", "read": ["*"], "write": ["editor"]}]
+    acl = [
+        {"map": "admin.*", "read": ["admin"], "write": ["admin"]},
+        {"map": "catalog*", "read": ["*"], "write": ["editor"]},
+    ]
     async with serving(jwt_secret=SECRET, map_acl=acl) as server:
         plain = await connect(server, make_token(sub="bob", roles=["viewer"]))
         editor = await connect(server, make_token(sub="eve", roles=["editor"]))
-        await plain.send(batch(put("1", "catalog", "k", 1, t), put("2", "notes", "k", 1, t),
-                               put("3", "admin.users", "k", 1, t)))
+        await plain.send(
+            batch(
+                put("1", "catalog", "k", 1, t),
+                put("2", "notes", "k", 1, t),
+                put("3", "admin.users", "k", 1, t),
+            )
+        )
         frames = await recv_until(plain, "OP_ACK")
-        assert [(f["payload"]["opId"], f["payload"]["code"]) for f in frames if f["type"] == "OP_REJECTED"] == [
-            ("1", 403), ("3", 403)]
+        assert [
+            (f["payload"]["opId"], f["payload"]["code"]) for f in frames if f["type"] == "OP_REJECTED"
+        ] == [("1", 403), ("3", 403)]
         assert frames[-1]["payload"]["lastId"] == "3"
         # reads: catalog is readable by everyone, admin.* is not
         await plain.send({"type": "SYNC_INIT", "mapName": "admin.users"})
