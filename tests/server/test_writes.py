@@ -403,3 +403,64 @@ async def test_ack_waits_for_the_commit(storage_kind: str, storage_url: str) -> 
             assert ack["payload"]["achievedLevel"] == "PERSISTED" and committed
         finally:
             storage.write = real_write  # type: ignore[method-assign]
+
+
+async def test_listeners_registered_before_start_see_effective_changes_with_origin() -> None:
+    from topgun.server.app import TopGunServer
+    from topgun.server.grid import Change, ChangeKind, ChangeSource, Origin
+
+    seen: list[tuple[list[Change], Origin]] = []
+
+    class Recorder:
+        def on_changes(self, changes: Any, origin: Origin) -> None:
+            seen.append((list(changes), origin))
+
+    t = now_ms()
+    server = TopGunServer(port=0, storage="memory://", gc_interval=0.0)
+    assert server.core is not None
+    server.core.add_listener(Recorder())
+    await server.start()
+    try:
+        c = await connect(server)
+        await c.send(batch(put("1", "m", "k", 1, t), put("2", "m", "k", 2, t + 1), put("3", "m", "k", 0, t)))
+        await c.recv_type("OP_ACK")
+        assert len(seen) == 1
+        changes, origin = seen[0]
+        assert origin.source is ChangeSource.CLIENT and origin.connection_id is not None
+        # the losing third op is not an effective change; the second carries what it replaced
+        assert [(ch.kind, ch.record.value) for ch in changes] == [(ChangeKind.PUT, 1), (ChangeKind.PUT, 2)]  # type: ignore[union-attr]
+        assert changes[1].previous is not None and changes[1].previous.value == 1
+    finally:
+        await server.stop()
+
+
+async def test_backpressure_holds_the_writer_but_answers_pings(
+    storage_kind: str, storage_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if storage_kind == "memory":
+        pytest.skip("needs a storage whose commits can be held")
+    import topgun.server.handlers.write as write_mod
+
+    monkeypatch.setattr(write_mod, "BACKLOG_HIGH_WATER", 3)
+    t = now_ms()
+    async with serving(storage_url) as server:
+        c = await connect(server)
+        storage = server.core.grid.committer.storage  # type: ignore[union-attr]
+        gate = asyncio.Event()
+        real_write = storage.write
+
+        async def held_write(b: Any) -> None:
+            await gate.wait()
+            await real_write(b)
+
+        storage.write = held_write  # type: ignore[method-assign]
+        try:
+            await c.send(batch(*(put(str(i + 1), "m", f"k{i}", i, t) for i in range(10))))
+            await c.send({"type": "SYNC_INIT", "mapName": "m"})
+            assert (await c.ping(5))["timestamp"] == 5  # pings are answered at once
+            await c.expect_silence(0.3)  # neither the ack nor the sync answer before the commit
+            gate.set()
+            got = [await c.recv(), await c.recv()]
+            assert [g["type"] for g in got] == ["OP_ACK", "SYNC_RESP_ROOT"]
+        finally:
+            storage.write = real_write  # type: ignore[method-assign]

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from topgun.errors import ConfigError
 from topgun.protocol.messages import MessageType, WriteConcern
-from topgun.server.grid import Grid
+from topgun.server.grid import ChangeListener, Grid
 from topgun.server.handlers.acl import AllowAll, MapAcl, SchemaProvider, acl_from_config
 from topgun.server.handlers.gc import GcTask
 from topgun.server.handlers.ormap_sync import ClientApplyAckHandler, ORMapSyncHandler
@@ -61,7 +61,17 @@ class CoreServices:
         self.gc_interval_s = float(getattr(cfg, "gc_interval", 3600.0))
         self.node_id: str | None = getattr(cfg, "node_id", None) or None
         self._grid: Grid | None = None
+        self._listeners: list[ChangeListener] = [self.push]
         self.gc: GcTask | None = None
+
+    def add_listener(self, listener: ChangeListener) -> None:
+        """Register a grid :class:`~topgun.server.grid.ChangeListener`, also before start-up.
+
+        Listeners are called in registration order; the push notifier is first.
+        """
+        self._listeners.append(listener)
+        if self._grid is not None:
+            self._grid.add_listener(listener)
 
     @property
     def grid(self) -> Grid:
@@ -89,7 +99,8 @@ class CoreServices:
             commit_observer=self.metrics.storage_commit_seconds.observe,
         )
         await grid.start()
-        grid.add_listener(self.push)
+        for listener in self._listeners:
+            grid.add_listener(listener)
         self._grid = grid
         self.metrics.add_map_size_collector(grid.map_sizes)
         self.gc = GcTask(grid, lambda: list(server.sessions.values()), self.gc_interval_s)

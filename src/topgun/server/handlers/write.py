@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from topgun.core.records import LWWRecord
@@ -54,6 +55,9 @@ _KIND = {
 }
 _RETRY_MIN_S = 0.05
 _RETRY_MAX_S = 2.0
+#: Uncommitted rows above which a writing connection waits for the backlog to commit before its
+#: next message is processed (backpressure towards clients that write faster than storage commits).
+BACKLOG_HIGH_WATER = 200_000
 
 
 class AckQueue:
@@ -131,13 +135,29 @@ class AckQueue:
         self._pump()
 
 
+async def _wait_backlog(fut: asyncio.Future[None]) -> None:
+    # A failed commit is retried by the committer; the ack path reports it, here we only pace.
+    try:
+        await asyncio.shield(fut)
+    except StorageError:
+        await asyncio.sleep(_RETRY_MIN_S)
+
+
 class WriteHandler:
     """Processor of ``OP_BATCH`` and ``CLIENT_OP``."""
 
     def __init__(self, core: CoreServices) -> None:
         self.core = core
 
-    def handle(self, ctx: RequestContext, msg: OpBatch | ClientOpMessage) -> None:
+    def handle(self, ctx: RequestContext, msg: OpBatch | ClientOpMessage) -> Awaitable[None] | None:
+        self.apply(ctx, msg)
+        committer = self.core.committer
+        if committer is not None and committer.backlog_rows > BACKLOG_HIGH_WATER:
+            return _wait_backlog(committer.sync_point())
+        return None
+
+    def apply(self, ctx: RequestContext, msg: OpBatch | ClientOpMessage) -> None:
+        """Apply one batch synchronously and schedule its replies."""
         if isinstance(msg, ClientOpMessage):
             ops: list[ClientOp | InvalidOp] = [msg.op]
             batch_wc: WriteConcern | None = None
