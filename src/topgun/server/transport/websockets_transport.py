@@ -75,7 +75,8 @@ class _WsConnection:
             self._bytes = 0
             # The writer may be parked on a full socket buffer; do not wait for it.
             self._writer.cancel()
-            asyncio.get_running_loop().create_task(self._close_now())
+            # Keep a strong reference: the loop only holds tasks weakly.
+            self._writer = asyncio.get_running_loop().create_task(self._close_now())
         else:
             self._queue.append(_CLOSE)
             self._wake.set()
