@@ -33,6 +33,8 @@ __all__ = ["PostgresStorage", "import_asyncpg", "migrations"]
 
 log = logging.getLogger("topgun.storage")
 
+_LOAD_PREFETCH = 5000
+
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
@@ -259,12 +261,15 @@ class PostgresStorage:
                     b.kind(r[0], r[1])
                 for r in await conn.fetch(f"SELECT map, millis, counter, node_id FROM {s}.prune_horizons"):
                     b.horizon(r[0], r[1], r[2], r[3])
-                for r in await conn.fetch(
-                    f"SELECT map, key, value, millis, counter, node_id, ttl_ms FROM {s}.lww_records"
+                # The record tables can be large: stream them instead of holding every row twice.
+                async for r in conn.cursor(
+                    f"SELECT map, key, value, millis, counter, node_id, ttl_ms FROM {s}.lww_records",
+                    prefetch=_LOAD_PREFETCH,
                 ):
                     b.lww(r[0], r[1], r[2], r[3], r[4], r[5], r[6])
-                for r in await conn.fetch(
-                    f"SELECT map, key, tag, value, millis, counter, node_id, ttl_ms FROM {s}.or_records"
+                async for r in conn.cursor(
+                    f"SELECT map, key, tag, value, millis, counter, node_id, ttl_ms FROM {s}.or_records",
+                    prefetch=_LOAD_PREFETCH,
                 ):
                     b.or_record(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7])
                 for r in await conn.fetch(f"SELECT map, tag, key, removed_at_ms FROM {s}.or_tombstones"):
