@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import random
 from typing import Any
 
 import pytest
@@ -65,16 +66,37 @@ def wire_ops(draw: st.DrawFn) -> Any:
     return op
 
 
+def _shuffled(obj: Any, rnd: random.Random) -> Any:
+    """The same value with every map's key order permuted (decoders must not care)."""
+    if isinstance(obj, dict):
+        items = list(obj.items())
+        rnd.shuffle(items)
+        return {k: _shuffled(v, rnd) for k, v in items}
+    if isinstance(obj, list):
+        return [_shuffled(v, rnd) for v in obj]
+    return obj
+
+
 @PROPS
-@given(ops=st.lists(wire_ops(), max_size=12), wc=st.sampled_from([None, "APPLIED", "PERSISTED"]))
-def test_op_batches_decode_identically(pure: Any, compiled: Any, ops: list[Any], wc: str | None) -> None:
+@given(
+    ops=st.lists(wire_ops(), max_size=12),
+    wc=st.sampled_from([None, "APPLIED", "PERSISTED"]),
+    seed=st.none() | st.integers(0, 2**32),
+)
+def test_op_batches_decode_identically(
+    pure: Any, compiled: Any, ops: list[Any], wc: str | None, seed: int | None
+) -> None:
     payload: dict[str, Any] = {"ops": ops}
     if wc is not None:
         payload["writeConcern"] = wc
+    if seed is not None:
+        payload = _shuffled(payload, random.Random(seed))
+    # type first takes the compiled byte path; payload first the general one
     frame = _codec_py.pack({"type": "OP_BATCH", "payload": payload})
     a = pure.codec.decode(frame)
     b = compiled.codec.decode(frame)
     assert a == b
+    assert compiled.codec.decode(_codec_py.pack({"payload": payload, "type": "OP_BATCH"})) == a
     assert [type(x) for x in a.ops] == [type(x) for x in b.ops]
     for x, y in zip(a.ops, b.ops, strict=True):
         if isinstance(x, M.ClientOp):

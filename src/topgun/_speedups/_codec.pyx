@@ -10,20 +10,21 @@ to the pure module, so results and errors are the pure module's by
 construction. Every other kind delegates to the pure module.
 """
 
-from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
-from libc.string cimport memcpy
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t, int8_t, int16_t, int32_t
+from libc.string cimport memcpy, memcmp, memchr
 from libc.math cimport floor, isfinite
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize, PyBytes_CheckExact
 from cpython.dict cimport PyDict_GetItem, PyDict_Next, PyDict_CheckExact
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE, PyList_New, PyList_SET_ITEM, PyList_CheckExact
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE, PyTuple_CheckExact
 from cpython.unicode cimport PyUnicode_CheckExact
-from cpython.long cimport PyLong_CheckExact, PyLong_FromDouble, PyLong_AsLongLongAndOverflow, PyLong_AsUnsignedLongLong
-from cpython.float cimport PyFloat_CheckExact, PyFloat_AS_DOUBLE
+from cpython.long cimport (PyLong_CheckExact, PyLong_FromDouble, PyLong_AsLongLongAndOverflow, PyLong_AsUnsignedLongLong,
+    PyLong_FromLong, PyLong_FromLongLong, PyLong_FromUnsignedLongLong)
+from cpython.float cimport PyFloat_CheckExact, PyFloat_AS_DOUBLE, PyFloat_FromDouble
 from cpython.bool cimport PyBool_Check
 from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
 from cpython.object cimport PyObject, PyTypeObject
-from cpython.ref cimport Py_INCREF
+from cpython.ref cimport Py_INCREF, Py_DECREF
 
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object, Py_ssize_t*) except NULL
@@ -37,6 +38,8 @@ cdef extern from "Python.h":
         PyMemberDef* d_member
     PyObject* PyType_GenericAlloc(PyTypeObject*, Py_ssize_t) except NULL
     void PyTuple_SET_ITEM(PyObject*, Py_ssize_t, PyObject*)
+    object PyUnicode_DecodeUTF8(const char*, Py_ssize_t, const char*)
+    void PyUnicode_InternInPlace(PyObject**)
 
 import msgpack
 
@@ -488,6 +491,32 @@ cdef object _fast_or(PyObject* v):
     return _tuple4(_OR_T, <object>val if val != NULL else None, ts, <object>tag, ttl)
 
 
+cdef object _finish_op(object op_id, object map_name, object key, object op_type, bint rec_nil,
+                       object record, object or_record, object or_tag, object wc, object timeout, object ts):
+    """Classification (§5.6) and the kind's requirements on already type-checked parts."""
+    if op_type is None:
+        if rec_nil:
+            op_type = _REMOVE
+        elif or_record is not None:
+            op_type = _OR_ADD
+        elif or_tag is not None:
+            op_type = _OR_REMOVE
+        else:
+            op_type = _PUT
+    if op_type is _PUT:
+        if record is None:
+            return _FAIL
+        if PyTuple_GET_ITEM(record, 0) == <PyObject*>None:
+            op_type = _REMOVE
+    elif op_type is _OR_ADD:
+        if or_record is None:
+            return _FAIL
+    elif op_type is _OR_REMOVE:
+        if or_tag is None or PyUnicode_GET_LENGTH(or_tag) == 0:
+            return _FAIL
+    return _make_op(op_id, map_name, key, op_type, record, or_record, or_tag, wc, timeout, ts)
+
+
 cdef object _fast_op(object v):
     """The ClientOp of a plainly valid op, else _FAIL (then the pure decoder judges it)."""
     cdef PyObject* p
@@ -521,43 +550,19 @@ cdef object _fast_op(object v):
             op_type = <object>q
     rec_raw = PyDict_GetItem(v, K_RECORD)
     or_raw = PyDict_GetItem(v, K_ORREC)
-    if or_raw != NULL and <object>or_raw is None:
-        or_raw = NULL
     tag_raw = PyDict_GetItem(v, K_ORTAG)
-    if tag_raw != NULL and <object>tag_raw is None:
-        tag_raw = NULL
-    if op_type is None:
-        if rec_raw != NULL and <object>rec_raw is None:
-            op_type = _REMOVE
-        elif or_raw != NULL:
-            op_type = _OR_ADD
-        elif tag_raw != NULL:
-            op_type = _OR_REMOVE
-        else:
-            op_type = _PUT
     if rec_raw != NULL and <object>rec_raw is not None:
         record = _fast_lww(rec_raw)
         if record is _FAIL:
             return _FAIL
-    if or_raw != NULL:
+    if or_raw != NULL and <object>or_raw is not None:
         or_record = _fast_or(or_raw)
         if or_record is _FAIL:
             return _FAIL
-    if tag_raw != NULL:
+    if tag_raw != NULL and <object>tag_raw is not None:
         if not PyUnicode_CheckExact(<object>tag_raw):
             return _FAIL
         or_tag = <object>tag_raw
-    if op_type is _PUT:
-        if record is None:
-            return _FAIL
-        if PyTuple_GET_ITEM(record, 0) == <PyObject*>None:
-            op_type = _REMOVE
-    elif op_type is _OR_ADD:
-        if or_record is None:
-            return _FAIL
-    elif op_type is _OR_REMOVE:
-        if or_tag is None or PyUnicode_GET_LENGTH(or_tag) == 0:
-            return _FAIL
     p = PyDict_GetItem(v, K_WC)
     if p != NULL and <object>p is not None:
         if not PyUnicode_CheckExact(<object>p):
@@ -579,7 +584,8 @@ cdef object _fast_op(object v):
             ts = _fast_ts(p)
             if ts is _FAIL:
                 return _FAIL
-    return _make_op(op_id, map_name, key, op_type, record, or_record, or_tag, wc, timeout, ts)
+    return _finish_op(op_id, map_name, key, op_type, rec_raw != NULL and <object>rec_raw is None,
+                      record, or_record, or_tag, wc, timeout, ts)
 
 
 cdef list _decode_ops(list ops, object lim):
@@ -625,9 +631,562 @@ def from_wire(obj, limits=None):
     return _py_from_wire(obj, lim)
 
 
+# --------------------------------------------------------------------------- OP_BATCH straight from bytes
+# For the hot frame the intermediate dicts of msgpack are skipped: ops, records and
+# timestamps are read from the (already scanned, so structurally sound) bytes into
+# records; only opaque user values become plain objects, exactly as msgpack builds
+# them. Any op that is not plainly valid abandons this path for the whole frame,
+# which then goes through unpack + from_wire (the results are identical).
+
+cdef struct Rd:
+    const uint8_t* b
+    Py_ssize_t pos
+    Py_ssize_t n
+
+cdef PyTypeObject* _EXT_T = <PyTypeObject*>Ext
+
+
+cdef inline uint8_t _peek(Rd* r) noexcept nogil:
+    return r.b[r.pos]
+
+
+cdef inline Py_ssize_t _map_len(Rd* r) noexcept nogil:
+    """Entries of the map at the cursor (cursor moved past the header), or -1 if not a map."""
+    cdef uint8_t c = r.b[r.pos]
+    if 0x80 <= c <= 0x8F:
+        r.pos += 1
+        return c & 0x0F
+    if c == 0xDE:
+        r.pos += 3
+        return <Py_ssize_t>_be(r.b + r.pos - 2, 2)
+    if c == 0xDF:
+        r.pos += 5
+        return <Py_ssize_t>_be(r.b + r.pos - 4, 4)
+    return -1
+
+
+cdef inline Py_ssize_t _arr_len(Rd* r) noexcept nogil:
+    cdef uint8_t c = r.b[r.pos]
+    if 0x90 <= c <= 0x9F:
+        r.pos += 1
+        return c & 0x0F
+    if c == 0xDC:
+        r.pos += 3
+        return <Py_ssize_t>_be(r.b + r.pos - 2, 2)
+    if c == 0xDD:
+        r.pos += 5
+        return <Py_ssize_t>_be(r.b + r.pos - 4, 4)
+    return -1
+
+
+cdef inline Py_ssize_t _str_len(Rd* r) noexcept nogil:
+    """Length of the string at the cursor (cursor moved to its bytes), or -1 if not a string."""
+    cdef uint8_t c = r.b[r.pos]
+    if 0xA0 <= c <= 0xBF:
+        r.pos += 1
+        return c & 0x1F
+    if c == 0xD9:
+        r.pos += 2
+        return r.b[r.pos - 1]
+    if c == 0xDA:
+        r.pos += 3
+        return <Py_ssize_t>_be(r.b + r.pos - 2, 2)
+    if c == 0xDB:
+        r.pos += 5
+        return <Py_ssize_t>_be(r.b + r.pos - 4, 4)
+    return -1
+
+
+cdef inline bint _key_is(const uint8_t* s, Py_ssize_t n, const char* k, Py_ssize_t kn) noexcept nogil:
+    return n == kn and memcmp(s, k, n) == 0
+
+
+cdef void _skip(Rd* r) noexcept nogil:
+    """Move past one complete value (iteratively)."""
+    cdef uint64_t todo = 1
+    cdef uint8_t c
+    while todo:
+        todo -= 1
+        c = r.b[r.pos]
+        r.pos += 1
+        if c <= 0x7F or c >= 0xE0 or c == 0xC0 or c == 0xC2 or c == 0xC3:
+            pass
+        elif c <= 0x8F:
+            todo += (c & 0x0F) * 2
+        elif c <= 0x9F:
+            todo += c & 0x0F
+        elif c <= 0xBF:
+            r.pos += c & 0x1F
+        elif c == 0xCA:
+            r.pos += 4
+        elif c == 0xCB:
+            r.pos += 8
+        elif 0xCC <= c <= 0xCF:
+            r.pos += 1 << (c - 0xCC)
+        elif 0xD0 <= c <= 0xD3:
+            r.pos += 1 << (c - 0xD0)
+        elif 0xD4 <= c <= 0xD8:
+            r.pos += 1 + (1 << (c - 0xD4))
+        elif 0xD9 <= c <= 0xDB:
+            r.pos += (1 << (c - 0xD9)) + _be(r.b + r.pos, 1 << (c - 0xD9))
+        elif 0xC4 <= c <= 0xC6:
+            r.pos += (1 << (c - 0xC4)) + _be(r.b + r.pos, 1 << (c - 0xC4))
+        elif 0xC7 <= c <= 0xC9:
+            r.pos += (1 << (c - 0xC7)) + 1 + _be(r.b + r.pos, 1 << (c - 0xC7))
+        elif c == 0xDC or c == 0xDD:
+            todo += _be(r.b + r.pos, 2 if c == 0xDC else 4)
+            r.pos += 2 if c == 0xDC else 4
+        elif c == 0xDE or c == 0xDF:
+            todo += 2 * _be(r.b + r.pos, 2 if c == 0xDE else 4)
+            r.pos += 2 if c == 0xDE else 4
+
+
+cdef object _rd_str(Rd* r):
+    """A str at the cursor, else _FAIL (cursor unchanged); invalid UTF-8 raises."""
+    cdef Py_ssize_t start = r.pos
+    cdef Py_ssize_t n = _str_len(r)
+    if n < 0:
+        r.pos = start
+        return _FAIL
+    r.pos += n
+    return PyUnicode_DecodeUTF8(<const char*>(r.b + r.pos - n), n, NULL)
+
+
+cdef object _rd_int(Rd* r):
+    """An int field: any integer or an integral float, else _FAIL (cursor unchanged)."""
+    cdef uint8_t c = r.b[r.pos]
+    cdef double d
+    cdef float f
+    cdef uint32_t u32
+    cdef uint64_t u
+    if c <= 0x7F:
+        r.pos += 1
+        return PyLong_FromLong(c)
+    if c >= 0xE0:
+        r.pos += 1
+        return PyLong_FromLong(<int8_t>c)
+    if 0xCC <= c <= 0xCF or 0xD0 <= c <= 0xD3 or c == 0xCA or c == 0xCB:
+        return _rd_number(r, True)
+    return _FAIL
+
+
+cdef object _rd_number(Rd* r, bint int_field):
+    cdef uint8_t c = r.b[r.pos]
+    cdef double d
+    cdef float f
+    cdef uint32_t u32
+    cdef uint64_t u
+    cdef int w
+    if 0xCC <= c <= 0xCF:
+        w = 1 << (c - 0xCC)
+        u = _be(r.b + r.pos + 1, w)
+        r.pos += 1 + w
+        return PyLong_FromUnsignedLongLong(u)
+    if 0xD0 <= c <= 0xD3:
+        w = 1 << (c - 0xD0)
+        u = _be(r.b + r.pos + 1, w)
+        r.pos += 1 + w
+        if w == 1:
+            return PyLong_FromLong(<int8_t>u)
+        if w == 2:
+            return PyLong_FromLong(<int16_t>u)
+        if w == 4:
+            return PyLong_FromLong(<int32_t>u)
+        return PyLong_FromLongLong(<int64_t>u)
+    if c == 0xCA:
+        u32 = <uint32_t>_be(r.b + r.pos + 1, 4)
+        memcpy(&f, &u32, 4)
+        d = f
+        r.pos += 5
+    else:
+        u = _be(r.b + r.pos + 1, 8)
+        memcpy(&d, &u, 8)
+        r.pos += 9
+    if not int_field:
+        return PyFloat_FromDouble(d)
+    if isfinite(d) and d == floor(d) and d >= -9223372036854775808.0 and d < 18446744073709551616.0:
+        return PyLong_FromDouble(d)
+    return _FAIL
+
+
+cdef object _rd_value(Rd* r, int depth):
+    """One opaque value, built exactly as msgpack.unpackb(raw=False) builds it."""
+    cdef uint8_t c = r.b[r.pos]
+    cdef Py_ssize_t n, i
+    cdef object o, k
+    cdef list lst
+    cdef dict dct
+    cdef PyObject* e
+    cdef int code
+    if depth > 300:
+        raise _Abandon()
+    if c <= 0x7F or c >= 0xE0 or (0xCA <= c <= 0xD3):
+        if c <= 0x7F:
+            r.pos += 1
+            return PyLong_FromLong(c)
+        if c >= 0xE0:
+            r.pos += 1
+            return PyLong_FromLong(<int8_t>c)
+        return _rd_number(r, False)
+    if c == 0xC0:
+        r.pos += 1
+        return None
+    if c == 0xC2:
+        r.pos += 1
+        return False
+    if c == 0xC3:
+        r.pos += 1
+        return True
+    if (0xA0 <= c <= 0xBF) or (0xD9 <= c <= 0xDB):
+        return _rd_str(r)
+    if 0x90 <= c <= 0x9F or c == 0xDC or c == 0xDD:
+        n = _arr_len(r)
+        lst = PyList_New(n)
+        for i in range(n):
+            o = _rd_value(r, depth + 1)
+            Py_INCREF(o)
+            PyList_SET_ITEM(lst, i, o)
+        return lst
+    if 0x80 <= c <= 0x8F or c == 0xDE or c == 0xDF:
+        n = _map_len(r)
+        dct = {}
+        for i in range(n):
+            k = _rd_str(r)  # the scan guarantees string keys
+            # intern like msgpack does; InternInPlace owns (and may replace) the reference in e
+            e = <PyObject*>k
+            Py_INCREF(k)
+            PyUnicode_InternInPlace(&e)
+            k = <object>e
+            Py_DECREF(k)
+            o = _rd_value(r, depth + 1)
+            dct[k] = o
+        return dct
+    if 0xC4 <= c <= 0xC6:
+        n = <Py_ssize_t>_be(r.b + r.pos + 1, 1 << (c - 0xC4))
+        r.pos += 1 + (1 << (c - 0xC4))
+        o = PyBytes_FromStringAndSize(<const char*>(r.b + r.pos), n)
+        r.pos += n
+        return o
+    if (0xD4 <= c <= 0xD8) or (0xC7 <= c <= 0xC9):
+        if c >= 0xD4:
+            n = 1 << (c - 0xD4)
+            r.pos += 1
+        else:
+            n = <Py_ssize_t>_be(r.b + r.pos + 1, 1 << (c - 0xC7))
+            r.pos += 1 + (1 << (c - 0xC7))
+        code = <int8_t>r.b[r.pos]
+        r.pos += 1
+        o = PyBytes_FromStringAndSize(<const char*>(r.b + r.pos), n)
+        r.pos += n
+        return _ext2(code, o)
+    raise _Abandon()
+
+
+cdef object _ext2(int code, object data):
+    cdef PyObject* o = PyType_GenericAlloc(_EXT_T, 2)
+    cdef object c = PyLong_FromLong(code)
+    Py_INCREF(c)
+    Py_INCREF(data)
+    PyTuple_SET_ITEM(o, 0, <PyObject*>c)
+    PyTuple_SET_ITEM(o, 1, <PyObject*>data)
+    return <object>o
+
+
+class _Abandon(Exception):
+    """Internal: leave the byte path, take the general one."""
+
+
+cdef int _rd_ts_parts(Rd* r, long long* millis, long long* counter, const uint8_t** node, Py_ssize_t* node_len) except -1:
+    """Parse a Timestamp map into C values; raise _Abandon unless plainly valid."""
+    cdef Py_ssize_t n = _map_len(r), i, kn, sl
+    cdef const uint8_t* ks
+    cdef object v
+    cdef int overflow = 0
+    cdef bint got_m = False, got_c = False, got_n = False
+    if n < 0:
+        raise _Abandon()
+    for i in range(n):
+        kn = _str_len(r)
+        ks = r.b + r.pos
+        r.pos += kn
+        if _key_is(ks, kn, "millis", 6):
+            v = _rd_int(r)
+            if v is _FAIL:
+                raise _Abandon()
+            millis[0] = PyLong_AsLongLongAndOverflow(v, &overflow)
+            if overflow or millis[0] < 0:
+                raise _Abandon()
+            got_m = True
+        elif _key_is(ks, kn, "counter", 7):
+            v = _rd_int(r)
+            if v is _FAIL:
+                raise _Abandon()
+            counter[0] = PyLong_AsLongLongAndOverflow(v, &overflow)
+            if overflow or counter[0] < 0 or counter[0] >= 4294967296:
+                raise _Abandon()
+            got_c = True
+        elif _key_is(ks, kn, "nodeId", 6):
+            sl = _str_len(r)
+            if sl <= 0 or memchr(r.b + r.pos, 0x3A, sl) != NULL:
+                raise _Abandon()
+            node[0] = r.b + r.pos
+            node_len[0] = sl
+            r.pos += sl
+            got_n = True
+        else:
+            _skip(r)
+    if not (got_m and got_c and got_n):
+        raise _Abandon()
+    return 0
+
+
+cdef object _rd_ts(Rd* r, object like):
+    """A Timestamp; ``like`` (a Timestamp or None) is returned instead when equal."""
+    cdef long long millis = 0, counter = 0
+    cdef const uint8_t* node = NULL
+    cdef Py_ssize_t node_len = 0, ln
+    cdef const char* u
+    cdef int overflow = 0
+    _rd_ts_parts(r, &millis, &counter, &node, &node_len)
+    if like is not None:
+        if (PyLong_AsLongLongAndOverflow(<object>PyTuple_GET_ITEM(like, 0), &overflow) == millis and not overflow
+                and PyLong_AsLongLongAndOverflow(<object>PyTuple_GET_ITEM(like, 1), &overflow) == counter
+                and not overflow):
+            u = PyUnicode_AsUTF8AndSize(<object>PyTuple_GET_ITEM(like, 2), &ln)
+            if ln == node_len and memcmp(u, node, ln) == 0:
+                return like
+    return _tuple3(_TS_T, PyLong_FromLongLong(millis), PyLong_FromLongLong(counter),
+                   PyUnicode_DecodeUTF8(<const char*>node, node_len, NULL))
+
+
+cdef object _rd_record(Rd* r, bint is_or):
+    """An LWWRecord (or ORMapRecord) map; raise _Abandon unless plainly valid."""
+    cdef Py_ssize_t n = _map_len(r), i, kn
+    cdef const uint8_t* ks
+    cdef object value = None, ts = None, ttl = None, tag = None
+    if n < 0:
+        raise _Abandon()
+    for i in range(n):
+        kn = _str_len(r)
+        ks = r.b + r.pos
+        r.pos += kn
+        if _key_is(ks, kn, "value", 5):
+            value = _rd_value(r, 3)
+        elif _key_is(ks, kn, "timestamp", 9):
+            ts = _rd_ts(r, None)
+        elif _key_is(ks, kn, "ttlMs", 5):
+            if r.b[r.pos] == 0xC0:
+                r.pos += 1
+                ttl = None
+            else:
+                ttl = _rd_int(r)
+                if ttl is _FAIL:
+                    raise _Abandon()
+        elif is_or and _key_is(ks, kn, "tag", 3):
+            tag = _rd_str(r)
+            if tag is _FAIL or PyUnicode_GET_LENGTH(tag) == 0:
+                raise _Abandon()
+        else:
+            _skip(r)
+    if ts is None or (is_or and tag is None):
+        raise _Abandon()
+    if is_or:
+        return _tuple4(_OR_T, value, ts, tag, ttl)
+    return _tuple3(_LWW_T, value, ts, ttl)
+
+
+cdef object _rd_opt_str(Rd* r):
+    """nil -> None, str -> str, anything else abandons."""
+    cdef object s
+    if r.b[r.pos] == 0xC0:
+        r.pos += 1
+        return None
+    s = _rd_str(r)
+    if s is _FAIL:
+        raise _Abandon()
+    return s
+
+
+cdef object _rd_op(Rd* r):
+    cdef Py_ssize_t n = _map_len(r), i, kn, ts_pos = -1
+    cdef const uint8_t* ks
+    cdef object op_id = None, map_name = None, key = None, op_type = None, record = None
+    cdef object or_record = None, or_tag = None, wc = None, timeout = None, ts = None, s
+    cdef PyObject* q
+    cdef bint rec_nil = False
+    cdef object like
+    cdef Rd sub
+    if n < 0:
+        raise _Abandon()
+    for i in range(n):
+        kn = _str_len(r)
+        ks = r.b + r.pos
+        r.pos += kn
+        if kn == 2 and ks[0] == 0x69 and ks[1] == 0x64:  # "id"
+            op_id = _rd_opt_str(r)
+        elif _key_is(ks, kn, "mapName", 7):
+            map_name = _rd_opt_str(r)
+        elif _key_is(ks, kn, "key", 3):
+            key = _rd_opt_str(r)
+        elif _key_is(ks, kn, "opType", 6):
+            s = _rd_opt_str(r)
+            op_type = None
+            if s is not None:
+                q = PyDict_GetItem(_OP_TYPES, s)
+                if q != NULL:
+                    op_type = <object>q
+        elif _key_is(ks, kn, "record", 6):
+            if r.b[r.pos] == 0xC0:
+                r.pos += 1
+                record = None
+                rec_nil = True
+            else:
+                record = _rd_record(r, False)
+                rec_nil = False
+        elif _key_is(ks, kn, "orRecord", 8):
+            if r.b[r.pos] == 0xC0:
+                r.pos += 1
+                or_record = None
+            else:
+                or_record = _rd_record(r, True)
+        elif _key_is(ks, kn, "orTag", 5):
+            or_tag = _rd_opt_str(r)
+        elif _key_is(ks, kn, "writeConcern", 12):
+            s = _rd_opt_str(r)
+            wc = None
+            if s is not None:
+                q = PyDict_GetItem(_WCS, s)
+                if q == NULL:
+                    raise _Abandon()
+                wc = <object>q
+        elif _key_is(ks, kn, "timeout", 7):
+            if r.b[r.pos] == 0xC0:
+                r.pos += 1
+                timeout = None
+            else:
+                timeout = _rd_int(r)
+                if timeout is _FAIL:
+                    raise _Abandon()
+        elif _key_is(ks, kn, "timestamp", 9):
+            # parsed after the loop, so it can share the record's Timestamp whatever the key order
+            if r.b[r.pos] == 0xC0:
+                ts_pos = -1
+                r.pos += 1
+            else:
+                ts_pos = r.pos
+                _skip(r)
+        else:
+            _skip(r)
+    if map_name is None or PyUnicode_GET_LENGTH(map_name) == 0 or key is None:
+        raise _Abandon()
+    if ts_pos >= 0:
+        sub.b = r.b
+        sub.n = r.n
+        sub.pos = ts_pos
+        like = None
+        if record is not None:
+            like = <object>PyTuple_GET_ITEM(record, 1)
+        elif or_record is not None:
+            like = <object>PyTuple_GET_ITEM(or_record, 1)
+        ts = _rd_ts(&sub, like)
+    s = _finish_op(op_id, map_name, key, op_type, rec_nil, record, or_record, or_tag, wc, timeout, ts)
+    if s is _FAIL:
+        raise _Abandon()
+    return s
+
+
+cdef bytes _OP_BATCH_PREFIX = b"\xa4type\xa8OP_BATCH"
+
+
+cdef object _bytes_op_batch(const uint8_t* b, Py_ssize_t n):
+    """OpBatch read straight from a scanned frame, or _FAIL to take the general path."""
+    cdef Rd r
+    cdef Py_ssize_t nk, i, kn, pk, j, no, k
+    cdef const uint8_t* ks
+    cdef object ops = None, wc = None, timeout = None, s
+    cdef PyObject* q
+    cdef list lst
+    r.b = b
+    r.n = n
+    r.pos = 0
+    nk = _map_len(&r)
+    # only frames that start with "type": "OP_BATCH" (every encoder we know writes type first)
+    if nk < 1 or r.pos + 14 > n or memcmp(b + r.pos, PyBytes_AS_STRING(_OP_BATCH_PREFIX), 14) != 0:
+        return _FAIL
+    r.pos += 14
+    try:
+        for i in range(1, nk):
+            kn = _str_len(&r)
+            ks = r.b + r.pos
+            r.pos += kn
+            if _key_is(ks, kn, "payload", 7):
+                pk = _map_len(&r)
+                if pk < 0:
+                    return _FAIL
+                ops = None
+                wc = None
+                timeout = None
+                for j in range(pk):
+                    kn = _str_len(&r)
+                    ks = r.b + r.pos
+                    r.pos += kn
+                    if _key_is(ks, kn, "ops", 3):
+                        no = _arr_len(&r)
+                        if no < 0:
+                            return _FAIL
+                        lst = PyList_New(no)
+                        for k in range(no):
+                            s = _rd_op(&r)
+                            Py_INCREF(s)
+                            PyList_SET_ITEM(lst, k, s)
+                        ops = lst
+                    elif _key_is(ks, kn, "writeConcern", 12):
+                        s = _rd_opt_str(&r)
+                        wc = None
+                        if s is not None:
+                            q = PyDict_GetItem(_WCS, s)
+                            if q == NULL:
+                                return _FAIL
+                            wc = <object>q
+                    elif _key_is(ks, kn, "timeout", 7):
+                        if r.b[r.pos] == 0xC0:
+                            r.pos += 1
+                            timeout = None
+                        else:
+                            timeout = _rd_int(&r)
+                            if timeout is _FAIL:
+                                return _FAIL
+                    else:
+                        _skip(&r)
+            elif _key_is(ks, kn, "type", 4):
+                return _FAIL  # a second "type": let the general path apply dict semantics
+            else:
+                _skip(&r)
+    except (_Abandon, UnicodeDecodeError):
+        return _FAIL
+    if ops is None:
+        return _FAIL
+    return _OpBatch(ops=ops, write_concern=wc, timeout=timeout)
+
+
 def decode(frame, limits=None):
     """Decode one frame into a typed message (see :func:`topgun.protocol._codec_py.decode`)."""
-    return from_wire(unpack(frame, limits), limits)
+    cdef object lim = limits if limits is not None else _DEFAULT_LIMITS
+    cdef const uint8_t[::1] view
+    cdef Py_ssize_t n
+    cdef object msg
+    if isinstance(frame, bytes):
+        view = frame
+    else:
+        view = memoryview(frame).cast("B")
+    n = view.shape[0]
+    if n > lim.max_frame_bytes:
+        raise FrameTooLargeError(n, lim.max_frame_bytes)
+    _scan(&view[0] if n else NULL, n, lim)
+    msg = _bytes_op_batch(&view[0], n)
+    if msg is not _FAIL:
+        return msg
+    return from_wire(unpack(frame, lim), lim)
 
 
 # --------------------------------------------------------------------------- byte writer
