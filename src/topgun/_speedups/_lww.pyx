@@ -13,6 +13,17 @@ from cpython.dict cimport PyDict_GetItem, PyDict_SetItem, PyDict_SetDefault
 
 cdef extern from "Python.h":
     Py_ssize_t PyDict_GET_SIZE(object)
+    int PyDict_Update(object, object) except -1
+
+cdef extern from *:
+    """
+    #if PY_VERSION_HEX < 0x030D0000 && !defined(PYPY_VERSION)
+    #define TG_DICT_PRESIZED(n) _PyDict_NewPresized(n)
+    #else
+    #define TG_DICT_PRESIZED(n) PyDict_New()
+    #endif
+    """
+    dict TG_DICT_PRESIZED(Py_ssize_t n)
 from cpython.object cimport PyObject
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.tuple cimport PyTuple_Check, PyTuple_GET_SIZE, PyTuple_GET_ITEM
@@ -154,6 +165,13 @@ cdef class LWWMap:
         cdef uint32_t* bkh = NULL
         cdef uint32_t* bih = NULL
         cdef Py_ssize_t nb = 0
+        cdef dict grown
+        if n > PyDict_GET_SIZE(self._data) and n >= 1024:
+            # A bulk load: size the table once instead of growing it step by step
+            # (each growth re-inserts everything); insertion order is kept.
+            grown = TG_DICT_PRESIZED(PyDict_GET_SIZE(self._data) + n)
+            PyDict_Update(grown, self._data)
+            self._data = grown
         if self._merkle is not None and n > 0:
             bkeys = <PyObject**>malloc(n * sizeof(PyObject*))
             bkh = <uint32_t*>malloc(n * sizeof(uint32_t))
