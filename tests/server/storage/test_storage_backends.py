@@ -550,3 +550,39 @@ async def test_postgres_write_recovers_after_connection_loss(pg_url: str) -> Non
         await committer.close()
         await s.close()
     assert (await reload(pg_url)).maps["m"].lww == {"before": LWWRecord(1, T1), "after": LWWRecord(2, T2)}
+
+
+async def test_postgres_least_privilege_role_in_its_own_schema(pg_schema: str) -> None:
+    """A role that owns its schema but may not create schemas can run the server."""
+    import urllib.parse
+
+    import asyncpg
+
+    role = "tg_role_" + pg_schema[-12:]
+    admin = await asyncpg.connect(PG_URL)
+    try:
+        await admin.execute(f'CREATE ROLE "{role}" LOGIN')
+        await admin.execute(f'CREATE SCHEMA "{pg_schema}" AUTHORIZATION "{role}"')
+        can_create = await admin.fetchval(
+            "SELECT has_database_privilege($1, current_database(), 'CREATE')", role
+        )
+        assert can_create is False
+        parts = urllib.parse.urlsplit(PG_URL)
+        url = urllib.parse.urlunsplit(
+            parts._replace(
+                netloc=f"{role}@{parts.hostname}:{parts.port or 5432}", query=f"schema={pg_schema}"
+            )
+        )
+        big = WriteBatch()
+        for i in range(2500):  # large enough for the COPY path and its TEMP staging table
+            big.lww_put("m", f"k{i}", LWWRecord(i, T1))
+        s = await opened(url)
+        try:
+            await s.write(big)
+            assert len((await s.load()).maps["m"].lww) == 2500
+        finally:
+            await s.close()
+    finally:
+        await admin.execute(f'DROP SCHEMA IF EXISTS "{pg_schema}" CASCADE')
+        await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+        await admin.close()

@@ -211,7 +211,10 @@ class PostgresStorage:
         s = self._s
         # Two servers starting at once against the same schema must not both migrate.
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"topgun-schema:{self.schema}")
-        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
+        # Only create a missing schema: CREATE SCHEMA checks the database CREATE privilege even
+        # when the schema exists, and a least-privilege role may own its schema but lack that.
+        if not await conn.fetchval("SELECT 1 FROM pg_namespace WHERE nspname = $1", self.schema):
+            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
         await conn.execute(f"CREATE TABLE IF NOT EXISTS {s}.schema_version (version INTEGER NOT NULL)")
         current = await conn.fetchval(f"SELECT max(version) FROM {s}.schema_version")
         current = int(current) if current is not None else 0
