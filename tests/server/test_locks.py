@@ -301,3 +301,49 @@ async def test_mutual_exclusion_under_contention_and_tokens_grow_across_restart(
         c = await open_client(server)
         assert granted_token(await request(c, "hot")) == max(order2) + 1
         await c.close()
+
+
+class FlakyStorage:
+    """A real SQLite storage whose commits can be made to fail (to test the failure path)."""
+
+    def __init__(self, url: str) -> None:
+        from topgun.server.storage import open_storage
+
+        self.inner = open_storage(url)
+        self.fail = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def write(self, batch: Any) -> None:
+        if self.fail:
+            from topgun.errors import StorageError
+
+            raise StorageError("injected commit failure")
+        await self.inner.write(batch)
+
+
+async def test_grant_is_withdrawn_when_the_fencing_counter_cannot_be_persisted(tmp_path: Any) -> None:
+    url = f"sqlite:///{tmp_path / 'flaky.db'}"
+    storage = FlakyStorage(url)
+    server = TopGunServer(port=0, storage=storage)  # type: ignore[arg-type]
+    if server.processors.get(MessageType.LOCK_REQUEST) is None:
+        install_coordination_handlers(server)
+    await server.start()
+    try:
+        c = await open_client(server)
+        t1 = granted_token(await request(c, "durable"))
+        assert (await release(c, "durable", t1))["payload"]["success"] is True
+        storage.fail = True
+        refused = await request(c, "durable", rid="during-outage")
+        assert refused["type"] == "LOCK_RELEASED" and refused["payload"]["success"] is False
+        assert locks_of(server).holder("durable") is None
+        storage.fail = False
+        # The withdrawn token is never handed out: the next grant skips it.
+        t3 = granted_token(await request(c, "durable"))
+        assert t3 == t1 + 2
+        await c.close()
+    finally:
+        await server.stop()
+    async with serving(url) as again:
+        assert locks_of(again).fencing_counter("durable") == t3

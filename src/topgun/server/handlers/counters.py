@@ -139,7 +139,10 @@ class CounterRegistry:
         if committer is None:
             return
         state = counter.state()
-        committer.submit(lambda b: b.set_counter(name, state))
+        try:
+            committer.submit(lambda b: b.set_counter(name, state))
+        except Exception as exc:  # closed committer at shutdown: clients re-send their state anyway
+            log.warning("counter %r: state not persisted (%s)", name, exc)
 
     def _subscribe(self, ctx: RequestContext, name: str) -> None:
         mine: set[str] | None = ctx.data.get(_CTX_KEY)

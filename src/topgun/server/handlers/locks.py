@@ -143,7 +143,13 @@ class LockManager:
         if committer is None:
             self._grant(ctx, rid, lease)
             return None
-        fut = committer.submit(lambda b: b.set_fencing(name, token))
+        try:
+            fut = committer.submit(lambda b: b.set_fencing(name, token))
+        except Exception as exc:  # the committer is closed (shutdown): refuse rather than grant unpersisted
+            log.warning("lock %r: cannot persist fencing counter %d (%s); refused", name, token, exc)
+            self._free(lease)
+            self._deny(ctx, rid, name)
+            return None
         # Awaited by the session before the next message of this connection, which keeps
         # the replies of one connection in the order of its requests (§1.8).
         return self._grant_when_durable(ctx, rid, lease, fut)
