@@ -5,10 +5,13 @@
 """
 
 from topgun.client.client import TopGunClient
+from topgun.client.counter import CounterHandle
 from topgun.client.engine import SyncEngine
+from topgun.client.lock import LockHandle
 from topgun.client.maps import LWWMapHandle, ORMapHandle
 from topgun.client.state import ChangeOrigin, ConnectionState, MapEvent, ORMapEvent
 from topgun.client.storage import ClientStorage, MemoryStorage, SQLiteStorage
+from topgun.client.topic import TopicEvent, TopicHandle
 from topgun.client.transport import ConnectionSettings
 
 __all__ = [
@@ -16,7 +19,9 @@ __all__ = [
     "ClientStorage",
     "ConnectionSettings",
     "ConnectionState",
+    "CounterHandle",
     "LWWMapHandle",
+    "LockHandle",
     "MapEvent",
     "MemoryStorage",
     "ORMapEvent",
@@ -24,4 +29,6 @@ __all__ = [
     "SQLiteStorage",
     "SyncEngine",
     "TopGunClient",
+    "TopicEvent",
+    "TopicHandle",
 ]
