@@ -294,6 +294,28 @@ async def test_lease_expiry_and_release_on_disconnect(mem_server: Any) -> None:
         await closing(a, b)
 
 
+async def test_connection_loss_frees_local_waiters(mem_server: Any) -> None:
+    a = await connected(mem_server.url)
+    try:
+        first = a.lock("shared", ttl=None)
+        await first.acquire(timeout=2)
+        second = asyncio.create_task(a.lock("shared", ttl=None).acquire(timeout=30))
+        await asyncio.sleep(0.1)
+        assert not second.done()
+        await a.disconnect()
+        # The waiter is not stuck behind the lost holder: it fails fast, offline.
+        with pytest.raises(NotConnectedError):
+            await asyncio.wait_for(second, 2)
+        assert first.lost and not first.held
+        await until(lambda: mem_server.coordination.locks.holder("shared") is None, what="server release")
+        assert await first.release() is False
+        a.connect()
+        await a.wait_connected(10)
+        assert await a.lock("shared").acquire(timeout=2) == 2
+    finally:
+        await a.close()
+
+
 async def test_contention_many_clients_mutual_exclusion(mem_server: Any) -> None:
     clients = [await connected(mem_server.url) for _ in range(6)]
     try:

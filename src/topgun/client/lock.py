@@ -203,6 +203,11 @@ class LockHandle:
     def _connection_lost(self) -> None:
         if self._token is not None:
             self._lost = True
+        # The server freed the lock with the connection, so local waiters need not wait for
+        # this handle's release() (which stays safe to call and returns False).
+        if self._owns_mutex:
+            self._owns_mutex = False
+            self._manager.mutex(self.name).release()
 
     def __repr__(self) -> str:
         held = self._token is not None and not self._lost
