@@ -89,8 +89,8 @@ cdef bint _as_int(object x, long long* out) except -1:
 cdef class HLC:
     """A hybrid logical clock for one node (see :class:`topgun.core._hlc_py.HLC`)."""
 
-    def __init__(self, str node_id, *, max_drift_ms=DEFAULT_MAX_DRIFT_MS, strict=False, wall_clock=None):
-        if not node_id or ":" in node_id:
+    def __init__(self, node_id, *, max_drift_ms=DEFAULT_MAX_DRIFT_MS, strict=False, wall_clock=None):
+        if not isinstance(node_id, str) or not node_id or ":" in node_id:
             raise ValueError(f"invalid node id: {node_id!r}")
         self.node_id = node_id
         self.max_drift_ms = int(max_drift_ms)
