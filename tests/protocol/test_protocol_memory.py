@@ -70,3 +70,28 @@ def test_huge_declared_length_allocates_nothing(twin: Any, header: bytes) -> Non
     with pytest.raises(ProtocolError):
         twin.codec.decode(frame)
     assert _peak(lambda: twin.codec.decode(frame)) < 16 * 1024
+
+
+def test_no_leak_across_decodes(twin: Any) -> None:
+    import gc
+
+    frame = _op_batch(100)
+    ev_frame = msgpack.packb(
+        {"type": "TOPIC_PUB", "payload": {"topic": "t", "data": [{"a": msgpack.ExtType(5, b"x")}, 1.5, "s"]}}
+    )
+    for _ in range(20):  # warm-up
+        twin.codec.decode(frame)
+        twin.codec.decode(ev_frame)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for _ in range(300):
+            twin.codec.decode(frame)
+            twin.codec.decode(ev_frame)
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    # 300 decodes of a 100-op frame: a single leaked object per op would be megabytes
+    assert grown < 64 * 1024, grown

@@ -270,6 +270,13 @@ cdef PyTypeObject* _OR_T = <PyTypeObject*>ORMapRecord
 cdef PyTypeObject* _OP_T = <PyTypeObject*>ClientOp
 
 
+cdef inline object _steal(PyObject* o):
+    # take over the new reference returned by tp_alloc (a plain <object> cast would add one)
+    cdef object r = <object>o
+    Py_DECREF(r)
+    return r
+
+
 cdef inline object _tuple3(PyTypeObject* t, object a, object b, object c):
     # what tuple.__new__(t, (a, b, c)) does for a NamedTuple, without the temporary tuple
     cdef PyObject* o = PyType_GenericAlloc(t, 3)
@@ -279,7 +286,7 @@ cdef inline object _tuple3(PyTypeObject* t, object a, object b, object c):
     PyTuple_SET_ITEM(o, 0, <PyObject*>a)
     PyTuple_SET_ITEM(o, 1, <PyObject*>b)
     PyTuple_SET_ITEM(o, 2, <PyObject*>c)
-    return <object>o
+    return _steal(o)
 
 
 cdef inline object _tuple4(PyTypeObject* t, object a, object b, object c, object d):
@@ -292,7 +299,7 @@ cdef inline object _tuple4(PyTypeObject* t, object a, object b, object c, object
     PyTuple_SET_ITEM(o, 1, <PyObject*>b)
     PyTuple_SET_ITEM(o, 2, <PyObject*>c)
     PyTuple_SET_ITEM(o, 3, <PyObject*>d)
-    return <object>o
+    return _steal(o)
 
 
 # ClientOp is a slotted dataclass: its fields live at fixed offsets, written here
@@ -345,7 +352,7 @@ cdef object _make_op(object op_id, object map_name, object key, object op_type, 
     for i in range(N_OP_SLOTS):
         Py_INCREF(<object>vals[i])
         (<PyObject**>((<char*>o) + _op_off[i]))[0] = vals[i]
-    return <object>o
+    return _steal(o)
 
 
 # --------------------------------------------------------------------------- op fast path
@@ -889,7 +896,7 @@ cdef object _ext2(int code, object data):
     Py_INCREF(data)
     PyTuple_SET_ITEM(o, 0, <PyObject*>c)
     PyTuple_SET_ITEM(o, 1, <PyObject*>data)
-    return <object>o
+    return _steal(o)
 
 
 class _Abandon(Exception):
