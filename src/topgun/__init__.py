@@ -4,12 +4,13 @@ Clients keep local CRDT replicas and sync with a ``topgun serve`` server over
 WebSockets; see the README for the two commands that get you started.
 """
 
+from topgun.core.predicates import P
 from topgun.core.records import LWWRecord, ORMapRecord, Timestamp
 from topgun.errors import TopGunError
 
 __version__ = "0.1.0"
 
-__all__ = ["LWWRecord", "ORMapRecord", "Timestamp", "TopGunClient", "TopGunError", "__version__"]
+__all__ = ["LWWRecord", "ORMapRecord", "P", "Timestamp", "TopGunClient", "TopGunError", "__version__"]
 
 
 def __getattr__(name: str) -> object:
