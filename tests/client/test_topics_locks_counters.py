@@ -438,3 +438,36 @@ async def test_offline_counters_converge_and_survive_restarts(server_process: An
             await fresh.close()
     finally:
         await closing(*clients)
+
+
+async def test_counter_replica_that_lost_its_storage_keeps_both_histories(mem_server: Any) -> None:
+    node = "node-" + uuid.uuid4().hex[:8]
+    first = await connected(mem_server.url, node_id=node)
+    try:
+        h = first.counter("visits")
+        h.increment(5)
+        h.decrement(1)
+        await until(lambda: mem_server.coordination.counters.value("visits") == 4, what="first life synced")
+    finally:
+        await first.close()
+    # Same node id, fresh (empty) storage, counting offline before it ever hears from the server.
+    third = TopGunClient(mem_server.url, storage=MemoryStorage(), settings=FAST, node_id=node, connect=False)
+    await third.start()
+    try:
+        h3 = third.counter("visits")
+        h3.increment(2)
+        h3.decrement(3)
+        assert h3.value == -1
+        observer = await connected(mem_server.url)
+        try:
+            seen = observer.counter("visits")
+            await until(lambda: seen.value == 4, what="observer initial")
+            third.connect()
+            await third.wait_connected(10)
+            # 4 from the first life plus -1 from the second: neither history is swallowed.
+            await until(lambda: h3.value == 3 and seen.value == 3, what="both histories")
+            assert h3.state()["p"] == {node: 7} and h3.state()["n"] == {node: 4}
+        finally:
+            await observer.close()
+    finally:
+        await third.close()

@@ -58,6 +58,8 @@ class CounterHandle:
         self.name = name
         self._replica = replica
         self._callbacks: list[CounterCallback] = []
+        #: True once this replica has seen the server's state; see CounterManager._on_server_state
+        self._anchored = False
 
     @property
     def value(self) -> Number:
@@ -139,12 +141,16 @@ class CounterManager:
         self.client._require_open()
         replica = PNCounter(self.client.node_id)
         stored = self._storage().get_meta(META_PREFIX + name)
+        anchored = False
         if stored:
             try:
-                replica.merge(json.loads(stored))
-            except (ValueError, ProtocolError) as exc:
+                data = json.loads(stored)
+                replica.merge(data)
+                anchored = data.get("anchored") is True
+            except (ValueError, AttributeError, ProtocolError) as exc:
                 log.error("stored state of counter %r is unusable, starting empty: %s", name, exc)
         h = self._handles[name] = CounterHandle(self, name, replica)
+        h._anchored = anchored
         # §5.4: a handle created while connected asks for the server's state at once.
         self.client.send(CounterRequest(name=name))
         return h
@@ -161,7 +167,8 @@ class CounterManager:
         store = self.client.store
         if not store.opened:
             return
-        self._storage().set_meta(META_PREFIX + h.name, json.dumps(h._replica.state(), separators=(",", ":")))
+        data: dict[str, Any] = {**h._replica.state(), "anchored": h._anchored}
+        self._storage().set_meta(META_PREFIX + h.name, json.dumps(data, separators=(",", ":")))
 
     def _local_change(self, h: CounterHandle) -> None:
         self._persist(h)
@@ -181,7 +188,10 @@ class CounterManager:
             return  # the next authentication re-syncs everything
         dirty, self._dirty = self._dirty, set()
         handles = self._handles
-        msgs: list[Message] = [self._sync_message(handles[n]) for n in sorted(dirty) if n in handles]
+        # An unanchored replica waits for the server's state first (see _on_server_state).
+        msgs: list[Message] = [
+            self._sync_message(handles[n]) for n in sorted(dirty) if n in handles and handles[n]._anchored
+        ]
         if msgs:
             self.client.send(*msgs)
 
@@ -199,8 +209,30 @@ class CounterManager:
         if h is None:
             return
         theirs = {"p": dict(msg.state.p), "n": dict(msg.state.n)}
-        if h._replica.merge(theirs):
+        replica = h._replica
+        changed = False
+        if not h._anchored:
+            # Until its first server state a replica sends nothing, so whatever the server holds
+            # in this replica's own slot was counted by an earlier life of the same node id whose
+            # local state is gone (fresh storage). A max-merge would swallow one of the two
+            # histories; they are disjoint, so add them.
+            me = replica.node_id
+            mine = replica.state()
+            extra_p = min(theirs["p"].get(me, 0), mine["p"].get(me, 0))
+            extra_n = min(theirs["n"].get(me, 0), mine["n"].get(me, 0))
+            changed = replica.merge(theirs)
+            if extra_p > 0:
+                replica.increment(extra_p)
+                changed = True
+            if extra_n > 0:
+                replica.decrement(extra_n)
+                changed = True
+            h._anchored = True
+            self._persist(h)  # the anchored flag, with or without a change
+        elif replica.merge(theirs):
+            changed = True
             self._persist(h)
+        if changed:
             h._notify()
         if h._replica.state() != theirs:
             # The server lacks some of our totals (offline changes, or a change it has not seen yet).
