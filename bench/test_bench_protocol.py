@@ -7,6 +7,10 @@ Run: ``.venv/bin/pytest bench/test_bench_protocol.py -p no:cacheprovider --bench
   ``synced``), decoded into an ``OpBatch`` of validated ``ClientOp`` records by
   the compiled twin, by the pure twin, and, as the baseline, plain
   ``msgpack.unpackb`` of the same frame (no validation, no records).
+  ``decode-compiled-general-path`` is the same batch with ``payload`` written
+  before ``type``, which the compiled twin decodes the general way (msgpack
+  ``unpackb``, then the op walk in Cython), as it also does for any batch that
+  contains an invalid op.
 * ``encode-server-event``: one ``SERVER_EVENT`` (PUT with a small map value),
   compiled vs pure vs ``msgpack.packb`` of the equivalent prebuilt dict.
 
@@ -60,6 +64,8 @@ def _frame() -> bytes:
 
 
 FRAME = _frame()
+# the same ops with "payload" before "type": the compiled twin's general path (unpackb, then a walk)
+FRAME_GENERAL = msgpack.packb({"payload": msgpack.unpackb(FRAME)["payload"], "type": "OP_BATCH"})
 EVENT = M.ServerEvent(
     map_name="todos",
     event_type=M.ServerEventType.PUT,
@@ -105,6 +111,14 @@ def test_decode_compiled(benchmark: Any) -> None:
     assert len(msg.ops) == OPS and all(isinstance(op, M.ClientOp) for op in msg.ops)
     assert type(msg.ops[0].record.timestamp.millis) is int
     _record(benchmark, "decode compiled ops", OPS)
+
+
+@pytest.mark.benchmark(group="decode-op-batch")
+def test_decode_compiled_general_path(benchmark: Any) -> None:
+    codec = _compiled()
+    msg = benchmark(codec.decode, FRAME_GENERAL)
+    assert msg == codec.decode(FRAME)
+    _record(benchmark, "decode compiled (general path) ops", OPS)
 
 
 @pytest.mark.benchmark(group="decode-op-batch")
