@@ -689,3 +689,17 @@ def test_wire_name() -> None:
     assert M.wire_name("map_name") == "mapName"
     assert M.wire_name("last_sync_timestamp") == "lastSyncTimestamp"
     assert M.wire_name("key") == "key"
+
+
+def test_buffer_types_accepted(twin: Any) -> None:
+    # transports hand over bytes, bytearray or memoryview frames
+    date_ext = b"\xd7\xff" + bytes(8)
+    frame = wrapped(
+        "OP_BATCH", {"ops": [_op(record={"value": {"d": M.Ext(-1, bytes(8))}, "timestamp": TS_WIRE})]}
+    )
+    assert date_ext in frame
+    expected = twin.codec.decode(frame)
+    assert expected.ops[0].record.value == {"d": M.Ext(-1, bytes(8))}
+    for buf in (bytearray(frame), memoryview(frame), memoryview(bytearray(frame))):
+        assert twin.codec.decode(buf) == expected
+        assert twin.codec.unpack(buf) == twin.codec.unpack(frame)
