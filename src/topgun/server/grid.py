@@ -36,6 +36,7 @@ from topgun.core.hlc import HLC, wall_millis
 from topgun.core.lww import LWWMap
 from topgun.core.ormap import ORMap
 from topgun.core.records import LWWRecord, ORMapRecord, Timestamp
+from topgun.errors import StorageError
 from topgun.server.persistence import GroupCommitter
 from topgun.server.storage.base import MapKind, Snapshot, Storage, StorageKind, WriteBatch
 
@@ -491,16 +492,22 @@ class Grid:
                 return Outcome(
                     OutcomeStatus.REJECTED, 409, f"write is older than the retention horizon {horizon}"
                 )
+        if current is not None:
+            cts = current.timestamp
+            if not (ts[0], ts[1], ts[2]) > (cts[0], cts[1], cts[2]):
+                self._hlc.update(ts)  # an accepted op advances the clock even when it loses (§3.2 step 1)
+                if (cts[0], cts[1], cts[2]) > (ts[0], ts[1], ts[2]):
+                    return Outcome(OutcomeStatus.UNCHANGED, winner=current)
+                return _UNCHANGED
+        try:
+            # Stage first: a value storage cannot encode is refused before it touches memory.
+            batch.lww_put(name, ch.key, record)
+        except StorageError as exc:
+            return Outcome(OutcomeStatus.REJECTED, 400, str(exc))
         self._ensure_kind(name, MapKind.LWW, have, batch)
         if lww is None:
             lww = self._lww[name]
-        if not lww.merge(ch.key, record):  # merge() also runs hlc.update(ts)
-            assert current is not None
-            cts = current.timestamp
-            if (cts[0], cts[1], cts[2]) > (ts[0], ts[1], ts[2]):
-                return Outcome(OutcomeStatus.UNCHANGED, winner=current)
-            return _UNCHANGED
-        batch.lww_put(name, ch.key, record)
+        lww.merge(ch.key, record)  # wins by construction; also runs hlc.update(ts)
         kind = ChangeKind.REMOVE if record.value is None else ChangeKind.PUT
         effective.append(Change(name, ch.key, kind, record=record, previous=current))
         return _APPLIED
