@@ -36,6 +36,10 @@ DEFAULT_MAX_DRIFT_MS = 60_000
 
 cdef long long _MAX_COUNTER = 4294967296
 
+cdef extern from "Python.h":
+    long long _as_ll "PyLong_AsLongLongAndOverflow"(PyObject*, int*) except? -1
+    bint _long_exact "PyLong_CheckExact"(PyObject*) noexcept
+
 cdef object _Timestamp = Timestamp
 cdef object _tuple_new = tuple.__new__
 
@@ -142,23 +146,24 @@ cdef class HLC:
     cdef int c_update(self, object remote) except -1:
         cdef long long rm, rc, t, m, c, lm, lc
         cdef int ovf = 0
-        cdef object om, oc
+        cdef PyObject* pm = NULL
+        cdef PyObject* pc = NULL
         if PyTuple_Check(remote) and PyTuple_GET_SIZE(remote) >= 2:
-            om = <object>PyTuple_GET_ITEM(remote, 0)
-            oc = <object>PyTuple_GET_ITEM(remote, 1)
-        else:
-            om = remote[0]
-            oc = remote[1]
-        if PyLong_CheckExact(om) and PyLong_CheckExact(oc):
-            rm = PyLong_AsLongLongAndOverflow(om, &ovf)
+            # Borrowed fields: no reference counting on the per-record hot path.
+            pm = PyTuple_GET_ITEM(remote, 0)
+            pc = PyTuple_GET_ITEM(remote, 1)
+        if pm != NULL and _long_exact(pm) and _long_exact(pc):
+            rm = _as_ll(pm, &ovf)
             if ovf == 0:
-                rc = PyLong_AsLongLongAndOverflow(oc, &ovf)
+                rc = _as_ll(pc, &ovf)
             if ovf:
                 raise OverflowError("timestamp field does not fit in 64 bits")
+        elif not _as_int(remote[0], &rm) or not _as_int(remote[1], &rc):
+            return 0
+        if self._wall is None:
+            t = _c_wall()
         else:
-            if not _as_int(om, &rm) or not _as_int(oc, &rc):
-                return 0
-        t = self._now_ms()
+            t = self._wall()
         if rm - t > self.max_drift_ms:
             if self.strict:
                 raise ClockDriftError(rm, t, self.max_drift_ms)
