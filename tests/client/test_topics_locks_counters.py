@@ -260,6 +260,23 @@ async def test_waiters_inside_one_client_are_served_in_arrival_order(mem_server:
         await a.close()
 
 
+async def test_timeout_zero_tries_exactly_once(mem_server: Any) -> None:
+    a, b = await connected(mem_server.url), await connected(mem_server.url)
+    try:
+        la = a.lock("once", ttl=5.0)
+        assert await la.acquire(timeout=0) == 1  # free: granted on the single attempt
+        with pytest.raises(LockTimeout):
+            await b.lock("once").acquire(timeout=0)  # busy on the server
+        with pytest.raises(LockTimeout):
+            await a.lock("once").acquire(timeout=0)  # busy inside this client
+        refusals = mem_server.coordination.locks.denials
+        assert refusals == 1  # one request from b, none from a's second handle
+        await la.release()
+        assert await b.lock("once").acquire(timeout=0) == 2
+    finally:
+        await closing(a, b)
+
+
 async def test_offline_acquire_fails_fast() -> None:
     async with TopGunClient(f"ws://127.0.0.1:{_free_port()}/ws", storage=MemoryStorage(), settings=FAST) as c:
         lock = c.lock("x")

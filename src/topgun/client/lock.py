@@ -91,9 +91,9 @@ class LockHandle:
         """Wait until the server grants the lock; return the fencing token.
 
         ``timeout`` (seconds; default: the handle's) bounds the whole wait, local
-        queue included: :class:`LockTimeout` when it passes. Raises
-        :class:`NotConnectedError` when there is no connection (also when it
-        drops while waiting).
+        queue included: :class:`LockTimeout` when it passes. ``timeout=0`` tries
+        once (one request, its reply awaited). Raises :class:`NotConnectedError`
+        when there is no connection (also when it drops while waiting).
         """
         if isinstance(timeout, EllipsisType):
             timeout = self.timeout
@@ -106,15 +106,21 @@ class LockHandle:
             )
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + max(0.0, timeout)
+        try_once = timeout is not None and timeout <= 0
 
         def remaining() -> float | None:
             return None if deadline is None else deadline - loop.time()
 
         mutex = mgr.mutex(self.name)
-        try:
-            await asyncio.wait_for(mutex.acquire(), remaining())
-        except asyncio.TimeoutError:
-            raise LockTimeout(f"lock {self.name!r}: not granted within {timeout} s (local queue)") from None
+        if try_once:
+            if mutex.locked():
+                raise LockTimeout(f"lock {self.name!r}: held by another task of this client")
+            await mutex.acquire()  # free and nobody queued: returns without suspending
+        else:
+            try:
+                await asyncio.wait_for(mutex.acquire(), remaining())
+            except asyncio.TimeoutError:
+                raise LockTimeout(f"lock {self.name!r}: not granted within {timeout} s (queued)") from None
         rid: str | None = None
         try:
             delay = RETRY_MIN_S
@@ -126,7 +132,7 @@ class LockHandle:
                 # The server answers every request; the TS client waits max(ttl + 5 s, 5 s).
                 wait = max((self._ttl_ms or 0) / 1000.0 + 5.0, 5.0)
                 rem = remaining()
-                if rem is not None:
+                if rem is not None and not try_once:
                     wait = min(wait, max(rem, 0.0))
                 try:
                     reply = await asyncio.wait_for(asyncio.shield(fut), wait)
@@ -134,7 +140,7 @@ class LockHandle:
                     mgr.abandon(rid)
                     rid = None
                     rem = remaining()
-                    if rem is not None and rem <= 0:
+                    if try_once or (rem is not None and rem <= 0):
                         raise LockTimeout(f"lock {self.name!r}: not granted within {timeout} s") from None
                     continue
                 rid = None
@@ -147,7 +153,7 @@ class LockHandle:
                     return self._token
                 # §8 item 31: LOCK_RELEASED with success false is a refusal (busy, or invalid request).
                 rem = remaining()
-                if rem is not None and rem <= 0:
+                if try_once or (rem is not None and rem <= 0):
                     raise LockTimeout(f"lock {self.name!r}: still busy after {timeout} s")
                 pause = delay * (0.5 + random.random())
                 if rem is not None:
