@@ -464,3 +464,41 @@ async def test_backpressure_holds_the_writer_but_answers_pings(
             assert [g["type"] for g in got] == ["OP_ACK", "SYNC_RESP_ROOT"]
         finally:
             storage.write = real_write  # type: ignore[method-assign]
+
+
+async def test_no_ack_while_storage_fails_then_persisted_after_recovery(
+    storage_kind: str, storage_url: str
+) -> None:
+    if storage_kind == "memory":
+        pytest.skip("memory storage acks APPLIED at once")
+    from topgun.errors import StorageError
+
+    t = now_ms()
+    async with serving(storage_url) as server:
+        c = await connect(server)
+        committer = server.core.committer  # type: ignore[union-attr]
+        assert committer is not None
+        committer.retry_min_s = committer.retry_max_s = 0.05
+        storage = committer.storage
+        real_write = storage.write
+        failures = {"left": 4}
+
+        async def flaky_write(b: Any) -> None:
+            if failures["left"] > 0:
+                failures["left"] -= 1
+                raise StorageError("disk on fire")
+            await real_write(b)
+
+        storage.write = flaky_write  # type: ignore[method-assign]
+        try:
+            await c.send(batch(put("1", "m", "k", 1, t)))
+            await c.send(batch(put("2", "m", "k", 2, t + 1)))
+            await c.expect_silence(0.1)  # nothing is acknowledged while the commit fails
+            acks = [await c.recv(5), await c.recv(5)]
+            assert failures["left"] == 0
+            assert [a["payload"]["lastId"] for a in acks] == ["1", "2"]
+            assert {a["payload"]["achievedLevel"] for a in acks} == {"PERSISTED"}
+        finally:
+            storage.write = real_write  # type: ignore[method-assign]
+    async with serving(storage_url) as server:
+        assert server.core.grid.lww("m").get("k") == 2  # type: ignore[union-attr]
