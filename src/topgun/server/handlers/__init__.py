@@ -96,13 +96,15 @@ class CoreServices:
             max_drift_ms=self.max_drift_ms,
             retention_ms=self.retention_ms,
             node_id=self.node_id,
-            commit_observer=self.metrics.storage_commit_seconds.observe,
         )
         await grid.start()
         for listener in self._listeners:
             grid.add_listener(listener)
         self._grid = grid
         self.metrics.add_map_size_collector(grid.map_sizes)
+        if grid.committer is not None:
+            # The committer already times every transaction: attach its histogram, no second timer.
+            self.metrics.storage_commit_seconds.add_source(grid.committer.stats.latency)
         self.gc = GcTask(grid, lambda: list(server.sessions.values()), self.gc_interval_s)
         self.gc.start()
 
