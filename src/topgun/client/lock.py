@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 import uuid
 import weakref
 from types import EllipsisType, TracebackType
@@ -79,7 +80,7 @@ class LockHandle:
         if self._token is None or self._lost:
             return False
         exp = self._expires_at
-        return exp is None or asyncio.get_running_loop().time() < exp
+        return exp is None or time.monotonic() < exp
 
     @property
     def lost(self) -> bool:
@@ -128,6 +129,9 @@ class LockHandle:
                 if not client.connected:
                     raise NotConnectedError(f"lock {self.name!r}: connection lost while acquiring")
                 rid = uuid.uuid4().hex
+                # The server starts the lease when it grants, after we sent: counting from here makes
+                # ``held`` turn False no later than the server's expiry.
+                sent_at = time.monotonic()
                 fut = mgr.request(rid, self.name, self._ttl_ms)
                 # The server answers every request; the TS client waits max(ttl + 5 s, 5 s).
                 wait = max((self._ttl_ms or 0) / 1000.0 + 5.0, 5.0)
@@ -147,7 +151,7 @@ class LockHandle:
                 if isinstance(reply, LockGranted):
                     self._token = int(reply.fencing_token)
                     self._lost = False
-                    self._expires_at = None if self._ttl_ms is None else loop.time() + self._ttl_ms / 1000.0
+                    self._expires_at = None if self._ttl_ms is None else sent_at + self._ttl_ms / 1000.0
                     self._owns_mutex = True
                     mgr._held.add(self)
                     return self._token
