@@ -488,3 +488,45 @@ async def test_counter_replica_that_lost_its_storage_keeps_both_histories(mem_se
             await observer.close()
     finally:
         await third.close()
+
+
+class SlowCommits:
+    """A real SQLite storage whose commits can be slowed down (grants wait for their commit)."""
+
+    def __init__(self, url: str) -> None:
+        from topgun.server.storage import open_storage
+
+        self.inner = open_storage(url)
+        self.delay = 0.0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def write(self, batch: Any) -> None:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        await self.inner.write(batch)
+
+
+async def test_a_grant_arriving_after_the_timeout_is_given_back(tmp_path: Any) -> None:
+    from topgun.server.app import TopGunServer
+
+    storage = SlowCommits(f"sqlite:///{tmp_path / 'slow.db'}")
+    srv = TopGunServer(port=0, storage=storage)  # type: ignore[arg-type]
+    await srv.start()
+    try:
+        a, b = await connected(srv.url), await connected(srv.url)
+        try:
+            storage.delay = 0.6
+            with pytest.raises(LockTimeout):
+                await a.lock("slow", ttl=None).acquire(timeout=0.2)
+            # The server did grant (after its commit) and the client released the orphan at once.
+            locks = srv.coordination.locks
+            await until(lambda: locks.fencing_counter("slow") == 1, what="late grant")
+            await until(lambda: locks.holder("slow") is None, what="orphan released")
+            storage.delay = 0.0
+            assert await b.lock("slow", ttl=None).acquire(timeout=5) == 2
+        finally:
+            await closing(a, b)
+    finally:
+        await srv.stop()
