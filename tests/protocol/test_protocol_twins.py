@@ -193,3 +193,61 @@ def test_same_public_names(pure: Any, compiled: Any) -> None:
     for name in _codec_py.__all__:
         assert hasattr(compiled.codec, name), name
     assert compiled.codec.Limits is pure.codec.Limits
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [b"\xff\xfe\xfd\xfc", b"\xc0\xaf\x41\x41", b"\xed\xa0\x80\x41", b"\xf4\x90\x80\x80", b"AA\xe2\x82"],
+    ids=["invalid-start", "overlong", "surrogate", "beyond-max", "truncated"],
+)
+@pytest.mark.parametrize(
+    "where", ["op-key", "op-value", "ts-key", "payload-key", "top-key", "node-id", "value"]
+)
+def test_invalid_utf8_anywhere_is_rejected_by_both(pure: Any, compiled: Any, bad: bytes, where: str) -> None:
+    ts = {"millis": 1.0, "counter": 0, "nodeId": "ZZZZ" if where == "node-id" else "n"}
+    if where == "ts-key":
+        ts["ZZZZ"] = 1
+    op: dict[str, Any] = {"id": "1", "mapName": "m", "key": "k", "opType": "PUT", "timestamp": ts}
+    op["record"] = {"value": "ZZZZ" if where == "value" else 1, "timestamp": dict(ts)}
+    if where == "op-key":
+        op["ZZZZ"] = False
+    if where == "op-value":
+        op["synced"] = ["ZZZZ"]
+    payload: dict[str, Any] = {"ops": [op]}
+    if where == "payload-key":
+        payload["ZZZZ"] = 1
+    top: dict[str, Any] = {"type": "OP_BATCH", "payload": payload}
+    if where == "top-key":
+        top["ZZZZ"] = {"a": 1}
+    good = _codec_py.pack(top)
+    assert isinstance(compiled.codec.decode(good), M.OpBatch)
+    frame = good.replace(b"ZZZZ", bad)
+    with pytest.raises(ProtocolError) as ea:
+        pure.codec.decode(frame)
+    with pytest.raises(ProtocolError) as eb:
+        compiled.codec.decode(frame)
+    assert str(ea.value) == str(eb.value)
+
+
+@PROPS
+@given(
+    raw=st.binary(min_size=6, max_size=6)
+    | st.text(min_size=2, max_size=2).map(lambda t: t.encode()[:6].ljust(6, b"a"))
+)
+def test_utf8_of_skipped_keys_judged_like_python(pure: Any, compiled: Any, raw: bytes) -> None:
+    op = {
+        "id": "1",
+        "mapName": "m",
+        "key": "k",
+        "record": {"value": 1, "timestamp": {"millis": 1, "counter": 0, "nodeId": "n"}},
+    }
+    op["QQQQQQ"] = True
+    frame = _codec_py.pack({"type": "OP_BATCH", "payload": {"ops": [op]}}).replace(b"QQQQQQ", raw)
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        for codec in (pure.codec, compiled.codec):
+            with pytest.raises(ProtocolError):
+                codec.decode(frame)
+    else:
+        assert compiled.codec.decode(frame) == pure.codec.decode(frame)

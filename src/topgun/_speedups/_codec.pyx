@@ -708,10 +708,52 @@ cdef inline bint _key_is(const uint8_t* s, Py_ssize_t n, const char* k, Py_ssize
     return n == kn and memcmp(s, k, n) == 0
 
 
-cdef void _skip(Rd* r) noexcept nogil:
-    """Move past one complete value (iteratively)."""
-    cdef uint64_t todo = 1
+cdef bint _utf8_ok(const uint8_t* s, Py_ssize_t n) noexcept nogil:
+    """Strict UTF-8, exactly what Python's decoder accepts (no overlongs, no surrogates)."""
+    cdef Py_ssize_t i = 0
+    cdef uint8_t c, lo, hi
+    cdef int need, k
+    while i < n:
+        c = s[i]
+        if c < 0x80:
+            i += 1
+            continue
+        lo = 0x80
+        hi = 0xBF
+        if c < 0xC2:
+            return False
+        elif c < 0xE0:
+            need = 1
+        elif c < 0xF0:
+            need = 2
+            if c == 0xE0:
+                lo = 0xA0
+            elif c == 0xED:
+                hi = 0x9F
+        elif c < 0xF5:
+            need = 3
+            if c == 0xF0:
+                lo = 0x90
+            elif c == 0xF4:
+                hi = 0x8F
+        else:
+            return False
+        if i + need >= n:  # truncated sequence
+            return False
+        if not (lo <= s[i + 1] <= hi):
+            return False
+        for k in range(2, need + 1):
+            if not (0x80 <= s[i + k] <= 0xBF):
+                return False
+        i += need + 1
+    return True
+
+
+cdef bint _skip(Rd* r) noexcept nogil:
+    """Move past one complete value (iteratively); False if a string in it is not valid UTF-8."""
+    cdef uint64_t todo = 1, ln
     cdef uint8_t c
+    cdef bint ok = True
     while todo:
         todo -= 1
         c = r.b[r.pos]
@@ -723,7 +765,9 @@ cdef void _skip(Rd* r) noexcept nogil:
         elif c <= 0x9F:
             todo += c & 0x0F
         elif c <= 0xBF:
-            r.pos += c & 0x1F
+            ln = c & 0x1F
+            ok = ok and _utf8_ok(r.b + r.pos, ln)
+            r.pos += ln
         elif c == 0xCA:
             r.pos += 4
         elif c == 0xCB:
@@ -735,7 +779,10 @@ cdef void _skip(Rd* r) noexcept nogil:
         elif 0xD4 <= c <= 0xD8:
             r.pos += 1 + (1 << (c - 0xD4))
         elif 0xD9 <= c <= 0xDB:
-            r.pos += (1 << (c - 0xD9)) + _be(r.b + r.pos, 1 << (c - 0xD9))
+            ln = _be(r.b + r.pos, 1 << (c - 0xD9))
+            r.pos += 1 << (c - 0xD9)
+            ok = ok and _utf8_ok(r.b + r.pos, ln)
+            r.pos += ln
         elif 0xC4 <= c <= 0xC6:
             r.pos += (1 << (c - 0xC4)) + _be(r.b + r.pos, 1 << (c - 0xC4))
         elif 0xC7 <= c <= 0xC9:
@@ -746,6 +793,14 @@ cdef void _skip(Rd* r) noexcept nogil:
         elif c == 0xDE or c == 0xDF:
             todo += 2 * _be(r.b + r.pos, 2 if c == 0xDE else 4)
             r.pos += 2 if c == 0xDE else 4
+    return ok
+
+
+cdef int _skip_entry(Rd* r, const uint8_t* ks, Py_ssize_t kn) except -1:
+    """Skip the value of an entry whose key we do not use; both must be valid UTF-8 like msgpack demands."""
+    if not _utf8_ok(ks, kn) or not _skip(r):
+        raise _Abandon()
+    return 0
 
 
 cdef object _rd_str(Rd* r):
@@ -941,7 +996,7 @@ cdef int _rd_ts_parts(Rd* r, long long* millis, long long* counter, const uint8_
             r.pos += sl
             got_n = True
         else:
-            _skip(r)
+            _skip_entry(r, ks, kn)
     if not (got_m and got_c and got_n):
         raise _Abandon()
     return 0
@@ -994,7 +1049,7 @@ cdef object _rd_record(Rd* r, bint is_or):
             if tag is _FAIL or PyUnicode_GET_LENGTH(tag) == 0:
                 raise _Abandon()
         else:
-            _skip(r)
+            _skip_entry(r, ks, kn)
     if ts is None or (is_or and tag is None):
         raise _Abandon()
     if is_or:
@@ -1081,9 +1136,9 @@ cdef object _rd_op(Rd* r):
                 r.pos += 1
             else:
                 ts_pos = r.pos
-                _skip(r)
+                _skip(r)  # parsed (and so checked) below
         else:
-            _skip(r)
+            _skip_entry(r, ks, kn)
     if map_name is None or PyUnicode_GET_LENGTH(map_name) == 0 or key is None:
         raise _Abandon()
     if ts_pos >= 0:
@@ -1105,10 +1160,28 @@ cdef object _rd_op(Rd* r):
 cdef bytes _OP_BATCH_PREFIX = b"\xa4type\xa8OP_BATCH"
 
 
-cdef object _bytes_op_batch(const uint8_t* b, Py_ssize_t n):
+cdef object _slice_op(const uint8_t* b, Py_ssize_t start, Py_ssize_t end, list ext_m1, Py_ssize_t index,
+                      object lim):
+    """One op the byte reader declined: unpack just its bytes and judge it like the general path."""
+    cdef object raw = PyBytes_FromStringAndSize(<const char*>(b + start), end - start)
+    cdef object op
+    if ext_m1:
+        buf = bytearray(raw)
+        for p in ext_m1:
+            if start <= p < end:
+                buf[p - start] = 0x80
+        raw = bytes(buf)
+    obj = _unpackb(raw, raw=False, strict_map_key=False, ext_hook=_ext_hook)
+    op = _fast_op(obj)
+    if op is _FAIL:
+        op = _py_decode_op(obj, f"payload.ops[{index}]", lim)
+    return op
+
+
+cdef object _bytes_op_batch(const uint8_t* b, Py_ssize_t n, list ext_m1, object lim):
     """OpBatch read straight from a scanned frame, or _FAIL to take the general path."""
     cdef Rd r
-    cdef Py_ssize_t nk, i, kn, pk, j, no, k
+    cdef Py_ssize_t nk, i, kn, pk, j, no, k, start
     cdef const uint8_t* ks
     cdef object ops = None, wc = None, timeout = None, s
     cdef PyObject* q
@@ -1143,7 +1216,14 @@ cdef object _bytes_op_batch(const uint8_t* b, Py_ssize_t n):
                             return _FAIL
                         lst = PyList_New(no)
                         for k in range(no):
-                            s = _rd_op(&r)
+                            start = r.pos
+                            try:
+                                s = _rd_op(&r)
+                            except _Abandon:
+                                # not plainly valid: this op alone goes the general way
+                                r.pos = start
+                                _skip(&r)
+                                s = _slice_op(b, start, r.pos, ext_m1, k, lim)
                             Py_INCREF(s)
                             PyList_SET_ITEM(lst, k, s)
                         ops = lst
@@ -1164,12 +1244,13 @@ cdef object _bytes_op_batch(const uint8_t* b, Py_ssize_t n):
                             if timeout is _FAIL:
                                 return _FAIL
                     else:
-                        _skip(&r)
+                        _skip_entry(&r, ks, kn)
             elif _key_is(ks, kn, "type", 4):
                 return _FAIL  # a second "type": let the general path apply dict semantics
             else:
-                _skip(&r)
-    except (_Abandon, UnicodeDecodeError):
+                _skip_entry(&r, ks, kn)
+    except (_Abandon, ValueError, TypeError, msgpack.UnpackException):
+        # includes invalid UTF-8: the general path reports it for the whole frame
         return _FAIL
     if ops is None:
         return _FAIL
@@ -1182,6 +1263,7 @@ def decode(frame, limits=None):
     cdef const uint8_t[::1] view
     cdef Py_ssize_t n
     cdef object msg
+    cdef list ext_m1
     if isinstance(frame, bytes):
         view = frame
     else:
@@ -1189,8 +1271,8 @@ def decode(frame, limits=None):
     n = view.shape[0]
     if n > lim.max_frame_bytes:
         raise FrameTooLargeError(n, lim.max_frame_bytes)
-    _scan(&view[0] if n else NULL, n, lim)
-    msg = _bytes_op_batch(&view[0], n)
+    ext_m1 = _scan(&view[0] if n else NULL, n, lim)
+    msg = _bytes_op_batch(&view[0], n, ext_m1, lim)
     if msg is not _FAIL:
         return msg
     return from_wire(unpack(frame, lim), lim)
