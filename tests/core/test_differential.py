@@ -317,3 +317,43 @@ def test_large_batch_interrupted_by_drift_keeps_tree_consistent(pure, compiled):
     rebuilt.update_many((k, pure.hashing.lww_item_hash(k, r.timestamp)) for k, r in mp.records())
     assert mc.root_hash == mp.root_hash == rebuilt.root_hash
     assert mc.hlc.state() == mp.hlc.state()
+
+
+def test_batches_survive_callbacks_that_shrink_the_input(pure, compiled):
+    # A wall clock (Python code) empties the caller's list mid-batch: both twins stop
+    # where Python's own list iteration stops, and nothing is read after it is freed.
+    results = []
+    for twin in (pure, compiled):
+        pairs = [(f"k{i}", LWWRecord(i, Timestamp(10 + i, 0, "n"))) for i in range(5000)]
+        calls = [0]
+
+        def wall(pairs=pairs, calls=calls) -> int:
+            calls[0] += 1
+            if calls[0] == 4500:
+                del pairs[100:]
+            return 100
+
+        m = twin.lww.LWWMap(twin.hlc.HLC("me", wall_clock=wall), merkle=True)
+        changed = m.merge_many(pairs)
+        results.append((changed, m.root_hash, m.records()))
+    assert results[0] == results[1]
+    assert len(results[0][0]) == 4500
+
+    class Shrinking:
+        """A pair whose unpacking empties the batch it sits in."""
+
+        def __init__(self, key: str, item: int) -> None:
+            self.pair = (key, item)
+
+        def __iter__(self):
+            items.clear()
+            return iter(self.pair)
+
+    trees = []
+    for twin in (pure, compiled):
+        items = [("a", 1), Shrinking("b", 2), ("c", 3)] + [(f"x{i}", i) for i in range(5000)]
+        tree = twin.merkle.MerkleTree()
+        tree.update_many(items)
+        trees.append(tree_dump(tree))
+    assert trees[0] == trees[1]
+    assert trees[0][1] == 2  # "a" and "b" only

@@ -25,6 +25,7 @@ cdef extern from *:
     """
     dict TG_DICT_PRESIZED(Py_ssize_t n)
 from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF, Py_DECREF
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.tuple cimport PyTuple_Check, PyTuple_GET_SIZE, PyTuple_GET_ITEM
 
@@ -159,7 +160,6 @@ cdef class LWWMap:
         cdef list lst = pairs if type(pairs) is list else list(pairs)
         cdef Py_ssize_t i, n = len(lst)
         cdef list changed = []
-        cdef list held = []
         cdef object key, record, ts, pair
         cdef PyObject** bkeys = NULL
         cdef uint32_t* bkh = NULL
@@ -182,14 +182,17 @@ cdef class LWWMap:
                 free(bih)
                 raise MemoryError()
         try:
+            # Bounded by the live size: a Python callback (a pure clock, a custom
+            # wall clock) could shrink the caller's list while we iterate.
             for i in range(n):
+                if i >= PyList_GET_SIZE(lst):
+                    break
                 pair = <object>PyList_GET_ITEM(lst, i)
                 if PyTuple_Check(pair) and PyTuple_GET_SIZE(pair) == 2:
                     key = <object>PyTuple_GET_ITEM(pair, 0)
                     record = <object>PyTuple_GET_ITEM(pair, 1)
                 else:
                     key, record = pair
-                    held.append(key)
                 if type(key) is not str:
                     raise TypeError(f"keys must be str, not {type(key).__name__}")
                 ts = _ts_of(record)
@@ -197,6 +200,7 @@ cdef class LWWMap:
                     changed.append(key)
                     if bkeys != NULL:
                         c_item_hash(<str>key, ts, &bkh[nb], &bih[nb])
+                        Py_INCREF(key)  # owned by the batch until it is applied
                         bkeys[nb] = <PyObject*>key
                         nb += 1
         finally:
@@ -207,6 +211,8 @@ cdef class LWWMap:
                     if nb:
                         self._merkle.c_apply_batch(bkeys, bkh, bih, nb)
                 finally:
+                    for i in range(nb):
+                        Py_DECREF(<object>bkeys[i])
                     free(bkeys)
                     free(bkh)
                     free(bih)

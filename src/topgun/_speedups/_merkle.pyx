@@ -10,6 +10,7 @@ from libc.string cimport memset
 from libc.stdlib cimport malloc, calloc, free
 from cpython.dict cimport PyDict_GetItem, PyDict_SetItem, PyDict_DelItem, PyDict_Size
 from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF, Py_DECREF
 from cpython.list cimport PyList_GET_ITEM
 from cpython.tuple cimport PyTuple_Check, PyTuple_GET_SIZE, PyTuple_GET_ITEM
 
@@ -204,32 +205,36 @@ cdef class MerkleTree:
         cdef PyObject** keys
         cdef uint32_t* khs
         cdef uint32_t* ihs
-        cdef list held
+        cdef Py_ssize_t filled = 0
         if n == 0:
             return
         keys = <PyObject**>malloc(n * sizeof(PyObject*))
         khs = <uint32_t*>malloc(n * sizeof(uint32_t))
         ihs = <uint32_t*>malloc(n * sizeof(uint32_t))
-        # Keys unpacked from non-tuple pairs are kept alive here until the batch is applied.
-        held = []
         try:
             if keys == NULL or khs == NULL or ihs == NULL:
                 raise MemoryError()
+            # Bounded by the live size: ``__index__`` of an item hash is Python code.
             for i in range(n):
+                if i >= len(lst):
+                    break
                 pair = lst[i]
                 if PyTuple_Check(pair) and PyTuple_GET_SIZE(pair) == 2:
                     key = <object>PyTuple_GET_ITEM(pair, 0)
                     ih = <object>PyTuple_GET_ITEM(pair, 1)
                 else:
                     key, ih = pair
-                    held.append(key)
                 if type(key) is not str:
                     raise TypeError(f"keys must be str, not {type(key).__name__}")
-                keys[i] = <PyObject*>key
-                khs[i] = fnv_feed_str(FNV_OFFSET, <str>key)
-                ihs[i] = <uint32_t>(PyLong_AsUnsignedLongMask(ih) & 0xFFFFFFFF)
-            self.c_apply_batch(keys, khs, ihs, n)
+                khs[filled] = fnv_feed_str(FNV_OFFSET, <str>key)
+                ihs[filled] = <uint32_t>(PyLong_AsUnsignedLongMask(ih) & 0xFFFFFFFF)
+                Py_INCREF(key)  # owned by the batch until it is applied
+                keys[filled] = <PyObject*>key
+                filled += 1
+            self.c_apply_batch(keys, khs, ihs, filled)
         finally:
+            for i in range(filled):
+                Py_DECREF(<object>keys[i])
             free(keys)
             free(khs)
             free(ihs)
