@@ -47,6 +47,7 @@ __all__ = [
     "OPS",
     "REGEX_MAX_NODES",
     "REGEX_MAX_PATTERN",
+    "DescKey",
     "InvalidPredicateError",
     "P",
     "SafeRegex",
@@ -60,6 +61,7 @@ __all__ = [
     "matches",
     "normalize_sort",
     "project",
+    "select",
     "sort_key",
     "sort_value_key",
     "type_name",
@@ -965,6 +967,10 @@ class _Desc:
         return f"Desc({self.k!r})"
 
 
+#: Public name of the ``desc`` wrapper (cursors rebuild sort keys with it).
+DescKey = _Desc
+
+
 def sort_value_key(v: Any) -> tuple[Any, ...]:
     """Ascending key of one sort value (§5.11 item 6): numbers numerically, strings by code
     point, other type mixes by type name, nil last. Values of the same non-scalar type tie."""
@@ -1031,3 +1037,34 @@ def make_sort_key(sort: Any) -> Callable[[str, Any], tuple[Any, ...]]:
 def sort_key(record_key: str, value: Any, sort: Any = None) -> tuple[Any, ...]:
     """One-off form of :func:`make_sort_key`."""
     return make_sort_key(sort)(record_key, value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole-query evaluation over a local replica
+
+
+def select(
+    items: Iterable[tuple[str, Any]],
+    *,
+    where: Mapping[str, Any] | None = None,
+    predicate: Mapping[str, Any] | None = None,
+    sort: Any = None,
+    limit: int | None = None,
+    fields: Sequence[str] | None = None,
+    auth: Mapping[str, Any] | None = None,
+) -> list[tuple[str, Any]]:
+    """Evaluate a (non-aggregate) query over ``(key, value)`` pairs: filter, order, cut, project.
+
+    The same semantics as the server's snapshot without a cursor; ``None`` values (tombstones)
+    are skipped.
+    """
+    f = compile_filter(where, predicate, auth=auth)
+    key = make_sort_key(sort)
+    rows = [(key(k, v), k, v) for k, v in items if v is not None and f(v)]
+    if limit is not None and 0 < limit < len(rows):
+        import heapq
+
+        rows = heapq.nsmallest(limit, rows, key=lambda r: r[0])
+    else:
+        rows.sort(key=lambda r: r[0])
+    return [(k, project(v, fields)) for _, k, v in rows]
