@@ -9,8 +9,8 @@ Run: ``.venv/bin/pytest bench/test_bench_protocol.py -p no:cacheprovider --bench
   ``msgpack.unpackb`` of the same frame (no validation, no records).
   ``decode-compiled-general-path`` is the same batch with ``payload`` written
   before ``type``, which the compiled twin decodes the general way (msgpack
-  ``unpackb``, then the op walk in Cython), as it also does for any batch that
-  contains an invalid op.
+  ``unpackb``, then the op walk in Cython); ``decode-compiled-one-invalid-op``
+  has op 50 invalid (empty ``mapName``): only that op leaves the byte path.
 * ``encode-server-event``: one ``SERVER_EVENT`` (PUT with a small map value),
   compiled vs pure vs ``msgpack.packb`` of the equivalent prebuilt dict.
 
@@ -66,6 +66,15 @@ def _frame() -> bytes:
 FRAME = _frame()
 # the same ops with "payload" before "type": the compiled twin's general path (unpackb, then a walk)
 FRAME_GENERAL = msgpack.packb({"payload": msgpack.unpackb(FRAME)["payload"], "type": "OP_BATCH"})
+
+
+def _frame_one_invalid() -> bytes:
+    obj = msgpack.unpackb(FRAME)
+    obj["payload"]["ops"][50]["mapName"] = ""  # rejected by validation: becomes an InvalidOp
+    return msgpack.packb(obj)
+
+
+FRAME_ONE_INVALID = _frame_one_invalid()
 EVENT = M.ServerEvent(
     map_name="todos",
     event_type=M.ServerEventType.PUT,
@@ -119,6 +128,16 @@ def test_decode_compiled_general_path(benchmark: Any) -> None:
     msg = benchmark(codec.decode, FRAME_GENERAL)
     assert msg == codec.decode(FRAME)
     _record(benchmark, "decode compiled (general path) ops", OPS)
+
+
+@pytest.mark.benchmark(group="decode-op-batch")
+def test_decode_compiled_one_invalid_op(benchmark: Any) -> None:
+    codec = _compiled()
+    msg = benchmark(codec.decode, FRAME_ONE_INVALID)
+    assert (
+        isinstance(msg.ops[50], M.InvalidOp) and sum(isinstance(op, M.ClientOp) for op in msg.ops) == OPS - 1
+    )
+    _record(benchmark, "decode compiled (1 invalid op) ops", OPS)
 
 
 @pytest.mark.benchmark(group="decode-op-batch")
