@@ -93,6 +93,13 @@ class ChangeKind(str, enum.Enum):
     OR_REMOVE = "OR_REMOVE"
 
 
+# Module-level aliases: enum attribute access goes through a descriptor, too slow per op.
+_PUT = ChangeKind.PUT
+_REMOVE = ChangeKind.REMOVE
+_OR_ADD = ChangeKind.OR_ADD
+_OR_REMOVE = ChangeKind.OR_REMOVE
+
+
 class ChangeSource(str, enum.Enum):
     """Where a change came from."""
 
@@ -179,6 +186,8 @@ class Outcome(NamedTuple):
         return self.status is not OutcomeStatus.REJECTED
 
 
+_LWW_MAP = MapKind.LWW
+_OR_MAP = MapKind.OR
 _APPLIED = Outcome(OutcomeStatus.APPLIED)
 _UNCHANGED = Outcome(OutcomeStatus.UNCHANGED)
 
@@ -437,16 +446,16 @@ class Grid:
         for ch in changes:
             name = ch.map_name
             kind = ch.kind
-            want = MapKind.OR if kind is ChangeKind.OR_ADD or kind is ChangeKind.OR_REMOVE else MapKind.LWW
+            want = _OR_MAP if kind is _OR_ADD or kind is _OR_REMOVE else _LWW_MAP
             have = kinds.get(name)
             if have is not None and have is not want:
                 outcomes.append(
                     Outcome(OutcomeStatus.REJECTED, 409, f"map {name!r} is an {have.value.upper()} map")
                 )
                 continue
-            if kind is ChangeKind.PUT or kind is ChangeKind.REMOVE:
+            if kind is _PUT or kind is _REMOVE:
                 outcomes.append(self._apply_lww(ch, have, wall, max_drift, batch, effective))
-            elif kind is ChangeKind.OR_ADD:
+            elif kind is _OR_ADD:
                 outcomes.append(self._apply_or_add(ch, have, wall, max_drift, batch, effective))
             else:
                 outcomes.append(self._apply_or_remove(ch, have, wall, max_drift, batch, effective))
@@ -504,11 +513,12 @@ class Grid:
             batch.lww_put(name, ch.key, record)
         except StorageError as exc:
             return Outcome(OutcomeStatus.REJECTED, 400, str(exc))
-        self._ensure_kind(name, MapKind.LWW, have, batch)
+        if have is None:
+            self._ensure_kind(name, _LWW_MAP, have, batch)
         if lww is None:
             lww = self._lww[name]
         lww.merge(ch.key, record)  # wins by construction; also runs hlc.update(ts)
-        kind = ChangeKind.REMOVE if record.value is None else ChangeKind.PUT
+        kind = _REMOVE if record.value is None else _PUT
         effective.append(Change(name, ch.key, kind, record=record, previous=current))
         return _APPLIED
 

@@ -53,6 +53,10 @@ _KIND = {
     OpType.OR_ADD: ChangeKind.OR_ADD,
     OpType.OR_REMOVE: ChangeKind.OR_REMOVE,
 }
+_REJECTED = OutcomeStatus.REJECTED
+_PUT = ChangeKind.PUT
+_REMOVE = ChangeKind.REMOVE
+_OR_ADD = ChangeKind.OR_ADD
 _RETRY_MIN_S = 0.05
 _RETRY_MAX_S = 2.0
 #: Uncommitted rows above which a writing connection waits for the backlog to commit before its
@@ -192,13 +196,13 @@ class WriteHandler:
             if op.write_concern is not None and (requested is None or op.write_concern > requested):
                 requested = op.write_concern
             kind = _KIND[op.op_type]
-            if kind is ChangeKind.PUT or kind is ChangeKind.REMOVE:
+            if kind is _PUT or kind is _REMOVE:
                 record = op.record
                 if record is None:
                     # REMOVE without a record: op-level timestamp, else the server clock (§5.6 step 1).
                     record = LWWRecord(None, op.timestamp if op.timestamp is not None else hlc.now())
                 changes.append(Change(name, op.key, kind, record=record))
-            elif kind is ChangeKind.OR_ADD:
+            elif kind is _OR_ADD:
                 changes.append(Change(name, op.key, kind, or_record=op.or_record))
             else:
                 changes.append(Change(name, op.key, kind, or_tag=op.or_tag, timestamp=op.timestamp))
@@ -222,7 +226,7 @@ class WriteHandler:
         counts: dict[str, int] = {}
         for op, outcome in zip(ops, outcomes, strict=True):
             assert outcome is not None
-            if outcome.status is OutcomeStatus.REJECTED:
+            if outcome.status is _REJECTED:
                 metrics.rejected_ops.inc(str(outcome.code))
                 ctx.send(OpRejected(op_id=op.id or "", reason=outcome.reason, code=outcome.code))
                 continue
@@ -262,7 +266,7 @@ class WriteHandler:
                 continue
             last_id = op_id
             assert outcome is not None
-            if outcome.status is OutcomeStatus.REJECTED:
+            if outcome.status is _REJECTED:
                 results.append(OpResult(op_id=op_id, success=False,
                                         achieved_level=WriteConcern.FIRE_AND_FORGET, error=outcome.reason))
             else:
