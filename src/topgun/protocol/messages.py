@@ -357,7 +357,6 @@ class Ext(ExtType):
 # --------------------------------------------------------------------------- structures
 
 
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ORMapEntry:
     """The OR-Map sync unit of one key (§2.5)."""
