@@ -1,0 +1,699 @@
+"""The live-query engine: snapshots, windows and deltas (PROTOCOL §4.7, §5.11). No I/O.
+
+::
+
+    engine = QueryEngine(source=lambda name: grid.lww(name))
+    snap = engine.subscribe(ctx, "q1", "todos", {"where": {"done": False}, "limit": 20})
+    ...                                        # QUERY_RESP from snap
+    for conn, update in engine.on_change("todos", key, old_value, new_value, origin=writer_id):
+        conn.send(update)                      # QUERY_UPDATE
+
+``source(map_name)`` returns the live view of a map (anything with ``get(key)`` and
+``items()`` over live records, e.g. :class:`topgun.core.lww.LWWMap` or a dict) or ``None``.
+
+Matching a write does not scan every subscription: subscriptions are indexed per map
+by an equality field (``where`` entries, ``eq``/``in`` conjuncts), by range intervals
+(``gt``/``gte``/``lt``/``lte``/``between`` conjuncts), and only the rest sit in a
+per-map scan set. Snapshots use per-map record indexes (hash and sorted), declared
+up front or built on demand the first time a query can use one.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import logging
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+from topgun.core.predicates import (
+    InvalidPredicateError,
+    compile_filter,
+    get_field,
+    make_sort_key,
+    normalize_sort,
+    project,
+)
+from topgun.protocol.messages import ChangeType, CursorStatus, QueryUpdate
+from topgun.server.query.cursor import decode_cursor, encode_cursor, fingerprint
+from topgun.server.query.indexes import OTHER, HashIndex, IntervalIndex, SortedIndex, eq_key, range_key
+
+__all__ = ["DEFAULT_MAX_ROWS", "QueryEngine", "QuerySpec", "Snapshot", "Subscription"]
+
+log = logging.getLogger("topgun.query")
+
+#: Largest page of one QUERY_RESP and largest live window (Appendix B).
+DEFAULT_MAX_ROWS = 10_000
+
+_RANGE_OPS = frozenset({"gt", "gte", "lt", "lte", "between"})
+_AGG_FUNCS = frozenset({"count", "sum", "min", "max", "avg"})
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class QuerySpec(NamedTuple):
+    """A validated, normalised ``Query``."""
+
+    where: dict[str, Any] | None
+    predicate: dict[str, Any] | None
+    sort: list[tuple[str, str]]
+    limit: int | None
+    cursor: str | None
+    group_by: list[str] | None
+    aggregations: list[tuple[str, str | None]]
+    fields: list[str] | None
+
+    @classmethod
+    def parse(cls, query: Any, fields: Sequence[str] | None = None) -> QuerySpec:
+        """From a wire dict (``groupBy`` spelling) or a :class:`topgun.protocol.messages.Query`."""
+        if query is None:
+            query = {}
+        if isinstance(query, Mapping):
+            get = query.get
+            where, predicate = get("where"), get("predicate")
+            sort, limit, cursor = get("sort"), get("limit"), get("cursor")
+            group_by, aggs, qfields = get("groupBy", get("group_by")), get("aggregations"), get("fields")
+        else:
+            where, predicate = query.where, query.predicate
+            sort, limit, cursor = query.sort, query.limit, query.cursor
+            group_by, aggs, qfields = query.group_by, query.aggregations, query.fields
+        if where is not None and not isinstance(where, Mapping):
+            raise InvalidPredicateError("where must be a map")
+        if predicate is not None and not isinstance(predicate, Mapping):
+            raise InvalidPredicateError("predicate must be a map")
+        if limit is not None:
+            if isinstance(limit, float) and limit.is_integer():
+                limit = int(limit)
+            if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
+                raise InvalidPredicateError("limit must be a positive integer")
+        if cursor is not None and not isinstance(cursor, str):
+            raise InvalidPredicateError("cursor must be a string")
+        agg_list: list[tuple[str, str | None]] = []
+        for a in aggs or []:
+            func = a.get("func") if isinstance(a, Mapping) else getattr(a, "func", None)
+            fld = a.get("field") if isinstance(a, Mapping) else getattr(a, "field", None)
+            func = getattr(func, "value", func)
+            if func not in _AGG_FUNCS or (fld is not None and not isinstance(fld, str)):
+                raise InvalidPredicateError(f"invalid aggregation {a!r}")
+            agg_list.append((str(func), fld))
+        if group_by is not None and (
+            not isinstance(group_by, (list, tuple)) or not all(isinstance(g, str) for g in group_by)
+        ):
+            raise InvalidPredicateError("groupBy must be an array of field names")
+        proj = fields if fields is not None else qfields
+        if proj is not None and (
+            not isinstance(proj, (list, tuple)) or not all(isinstance(f, str) for f in proj)
+        ):
+            raise InvalidPredicateError("fields must be an array of field names")
+        return cls(
+            dict(where) if where else None,
+            dict(predicate) if predicate is not None else None,
+            normalize_sort(sort),
+            limit,
+            cursor,
+            list(group_by) if group_by is not None else None,
+            agg_list,
+            list(proj) if proj else None,
+        )
+
+
+class Snapshot(NamedTuple):
+    """What ``QUERY_RESP`` carries."""
+
+    results: list[tuple[str, Any]]
+    has_more: bool
+    next_cursor: str | None
+    cursor_status: CursorStatus
+
+
+class Subscription:
+    """One live query of one connection, with its window of remembered rows."""
+
+    __slots__ = (
+        "_plan",
+        "after",
+        "aggregate",
+        "complete",
+        "conn",
+        "conn_id",
+        "fields",
+        "filter",
+        "horizon",
+        "keep",
+        "key_fn",
+        "limit",
+        "map_name",
+        "pos",
+        "query_id",
+        "rows",
+        "spec",
+    )
+
+    def __init__(self, conn: Any, conn_id: int, query_id: str, map_name: str, spec: QuerySpec) -> None:
+        self.conn = conn
+        self.conn_id = conn_id
+        self.query_id = query_id
+        self.map_name = map_name
+        self.spec = spec
+        self.fields = spec.fields
+        self.aggregate = spec.group_by is not None
+        self.filter: Callable[[Any], bool] = lambda v: False
+        self.key_fn = make_sort_key(spec.sort)
+        self.limit = 0
+        self.keep = 0
+        #: remembered rows: ascending full sort keys (last element = record key); an exact prefix of the
+        #: query's order among rows after ``after``
+        self.rows: list[tuple[Any, ...]] = []
+        self.pos: dict[str, tuple[Any, ...]] = {}
+        #: True when ``rows`` holds every matching row; else every unknown matching row sorts >= horizon
+        self.complete = True
+        self.horizon: tuple[Any, ...] | None = None
+        #: cursor position: only rows sorting after it belong to the query
+        self.after: tuple[Any, ...] | None = None
+        self._plan: tuple[str, Any] = ("scan", None)
+
+    def __repr__(self) -> str:
+        return f"Subscription({self.conn_id}:{self.query_id} on {self.map_name!r})"
+
+
+def _conjuncts(spec: QuerySpec) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for f, v in (spec.where or {}).items():
+        out.append({"op": "eq", "attribute": f, "value": v})
+
+    def walk(node: Any) -> None:
+        if not isinstance(node, Mapping):
+            return
+        if node.get("op") == "and":
+            for c in node.get("children") or []:
+                walk(c)
+        else:
+            out.append(dict(node))
+
+    if spec.predicate is not None:
+        walk(spec.predicate)
+    return out
+
+
+def _range_bounds(leaves: list[dict[str, Any]]) -> dict[str, tuple[int, Any, Any]]:
+    """Per attribute, the tightest closed interval (class, low, high) implied by range conjuncts."""
+    out: dict[str, tuple[int, Any, Any]] = {}
+    for leaf in leaves:
+        op = leaf.get("op")
+        attr = leaf.get("attribute")
+        if op not in _RANGE_OPS or not isinstance(attr, str) or "valueRef" in leaf:
+            continue
+        x = leaf.get("value")
+        if op == "between":
+            if not isinstance(x, (list, tuple)) or len(x) != 2:
+                continue
+            lo_k, hi_k = range_key(x[0]), range_key(x[1])
+            if lo_k is None or hi_k is None or lo_k[0] != hi_k[0]:
+                continue
+            cls, lo, hi = lo_k[0], lo_k[1], hi_k[1]
+        else:
+            k = range_key(x)
+            if k is None:
+                continue
+            cls = k[0]
+            lo, hi = (k[1], None) if op in ("gt", "gte") else (None, k[1])
+        prev = out.get(attr)
+        if prev is not None:
+            if prev[0] != cls:
+                continue
+            plo, phi = prev[1], prev[2]
+            lo = plo if lo is None else (lo if plo is None else max(lo, plo))
+            hi = phi if hi is None else (hi if phi is None else min(hi, phi))
+        out[attr] = (cls, lo, hi)
+    return out
+
+
+def _eq_leaves(leaves: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+    out = []
+    for leaf in leaves:
+        if leaf.get("op") == "eq" and isinstance(leaf.get("attribute"), str) and "valueRef" not in leaf:
+            k = eq_key(leaf.get("value"))
+            if k is not None and k is not OTHER:
+                out.append((leaf["attribute"], leaf.get("value")))
+    return out
+
+
+def _in_leaves(leaves: list[dict[str, Any]]) -> list[tuple[str, list[Any]]]:
+    out = []
+    for leaf in leaves:
+        x = leaf.get("value")
+        if (
+            leaf.get("op") == "in" and isinstance(leaf.get("attribute"), str) and "valueRef" not in leaf
+            and isinstance(x, (list, tuple))
+        ):
+            keys = [eq_key(e) for e in x]
+            if all(k is not OTHER for k in keys):
+                out.append((leaf["attribute"], [e for e, k in zip(x, keys, strict=True) if k is not None]))
+    return out
+
+
+class _MapSubs:
+    """The subscriptions of one map, indexed for matching writes."""
+
+    __slots__ = ("count", "eq", "in_other", "ranges", "scan")
+
+    def __init__(self) -> None:
+        #: field -> eq_key -> subscriptions
+        self.eq: dict[str, dict[Any, set[Subscription]]] = {}
+        #: field -> ``in`` subscriptions (also candidates when the record's field is an array/map)
+        self.in_other: dict[str, set[Subscription]] = {}
+        self.ranges: dict[str, IntervalIndex] = {}
+        self.scan: set[Subscription] = set()
+        self.count = 0
+
+
+class QueryEngine:
+    """Secondary indexes + subscription registry + windows. Pure, synchronous, single-threaded.
+
+    ``declared_indexes``: ``{map: [field, ...]}`` built eagerly (hash and sorted) by
+    :meth:`build_declared`; ``auto_index``: build an index the first time a snapshot can use it.
+    A window of N rows remembers ``N + max(N, reserve)`` rows to refill freed slots.
+    """
+
+    def __init__(
+        self,
+        source: Callable[[str], Any],
+        *,
+        max_rows: int = DEFAULT_MAX_ROWS,
+        declared_indexes: Mapping[str, Iterable[str]] | None = None,
+        auto_index: bool = True,
+        reserve: int = 16,
+        clock: Callable[[], int] = _now_ms,
+    ) -> None:
+        if max_rows <= 0:
+            raise ValueError("max_rows must be positive")
+        self._source = source
+        self.max_rows = int(max_rows)
+        self.auto_index = auto_index
+        self.reserve = max(1, int(reserve))
+        self._clock = clock
+        self._declared = {m: list(fs) for m, fs in (declared_indexes or {}).items()}
+        self._hash: dict[str, dict[str, HashIndex]] = {}
+        self._sorted: dict[str, dict[str, SortedIndex]] = {}
+        self._subs: dict[tuple[int, str], Subscription] = {}
+        self._by_conn: dict[int, dict[str, Subscription]] = {}
+        self._by_map: dict[str, _MapSubs] = {}
+        #: counters for tests and metrics
+        self.stats = {"snapshots": 0, "index_builds": 0, "full_scans": 0, "candidates": 0}
+
+    # -- record indexes ---------------------------------------------------------------------------
+    def build_declared(self) -> None:
+        """Build every declared index now (call after the grid loaded)."""
+        for m, fields in self._declared.items():
+            for f in fields:
+                self.ensure_index(m, f, "hash")
+                self.ensure_index(m, f, "sorted")
+
+    def ensure_index(self, map_name: str, field: str, kind: str = "hash") -> HashIndex | SortedIndex:
+        """The ``kind`` (``hash`` or ``sorted``) index of ``map_name.field``, built from the source if new."""
+        table: dict[str, dict[str, Any]] = self._hash if kind == "hash" else self._sorted  # type: ignore[assignment]
+        per = table.setdefault(map_name, {})
+        idx = per.get(field)
+        if idx is None:
+            idx = HashIndex(field) if kind == "hash" else SortedIndex(field)
+            view = self._source(map_name)
+            if view is not None:
+                for k, v in view.items():
+                    if v is not None:
+                        idx.update(k, v)
+            per[field] = idx
+            self.stats["index_builds"] += 1
+        return idx
+
+    def indexes(self, map_name: str) -> dict[str, list[str]]:
+        """Existing indexes of a map: ``{"hash": [...], "sorted": [...]}``."""
+        return {
+            "hash": sorted(self._hash.get(map_name, {})),
+            "sorted": sorted(self._sorted.get(map_name, {})),
+        }
+
+    # -- subscriptions ----------------------------------------------------------------------------
+    def subscribe(
+        self,
+        conn: Any,
+        query_id: str,
+        map_name: str,
+        query: Any,
+        fields: Sequence[str] | None = None,
+        *,
+        conn_id: int | None = None,
+        auth: Mapping[str, Any] | None = None,
+    ) -> Snapshot:
+        """Register (or replace) a subscription and return its snapshot, with no suspension point.
+
+        Raises :class:`InvalidPredicateError` for a malformed query (nothing is registered then).
+        """
+        spec = query if isinstance(query, QuerySpec) else QuerySpec.parse(query, fields)
+        cid = int(conn_id if conn_id is not None else getattr(conn, "connection_id", id(conn)))
+        sub = Subscription(conn, cid, query_id, map_name, spec)
+        sub.filter = compile_filter(spec.where, spec.predicate, auth=auth, strict=True)
+        snap = self._snapshot(sub)
+        self.unsubscribe(cid, query_id)
+        self._register(sub)
+        return snap
+
+    def unsubscribe(self, conn_id: int, query_id: str) -> bool:
+        """Remove one subscription; True when it existed."""
+        sub = self._subs.pop((conn_id, query_id), None)
+        if sub is None:
+            return False
+        per = self._by_conn.get(conn_id)
+        if per is not None:
+            per.pop(query_id, None)
+            if not per:
+                del self._by_conn[conn_id]
+        self._unregister(sub)
+        return True
+
+    def drop_connection(self, conn_id: int) -> int:
+        """Remove every subscription of a connection; returns how many."""
+        per = self._by_conn.get(conn_id)
+        if not per:
+            return 0
+        n = 0
+        for qid in list(per):
+            n += self.unsubscribe(conn_id, qid)
+        return n
+
+    def subscription(self, conn_id: int, query_id: str) -> Subscription | None:
+        return self._subs.get((conn_id, query_id))
+
+    def __len__(self) -> int:
+        return len(self._subs)
+
+    def _register(self, sub: Subscription) -> None:
+        self._subs[(sub.conn_id, sub.query_id)] = sub
+        self._by_conn.setdefault(sub.conn_id, {})[sub.query_id] = sub
+        if sub.aggregate:
+            return  # aggregate queries get no live updates (§5.11 item 8)
+        ms = self._by_map.get(sub.map_name)
+        if ms is None:
+            ms = self._by_map[sub.map_name] = _MapSubs()
+        ms.count += 1
+        leaves = _conjuncts(sub.spec)
+        eqs = _eq_leaves(leaves)
+        if eqs:
+            f, v = eqs[0]
+            ms.eq.setdefault(f, {}).setdefault(eq_key(v), set()).add(sub)
+            sub._plan = ("eq", (f, [eq_key(v)]))
+            return
+        ins = _in_leaves(leaves)
+        if ins:
+            f, vals = ins[0]
+            keys = list({eq_key(v) for v in vals})
+            bucket = ms.eq.setdefault(f, {})
+            for k in keys:
+                bucket.setdefault(k, set()).add(sub)
+            ms.in_other.setdefault(f, set()).add(sub)
+            sub._plan = ("in", (f, keys))
+            return
+        ranges = _range_bounds(leaves)
+        if ranges:
+            f, (cls, lo, hi) = next(iter(ranges.items()))
+            ms.ranges.setdefault(f, IntervalIndex()).add(sub, cls, lo, hi)
+            sub._plan = ("range", f)
+            return
+        ms.scan.add(sub)
+        sub._plan = ("scan", None)
+
+    def _unregister(self, sub: Subscription) -> None:
+        if sub.aggregate:
+            return
+        ms = self._by_map.get(sub.map_name)
+        if ms is None:
+            return
+        kind, arg = sub._plan
+        if kind in ("eq", "in"):
+            f, keys = arg
+            bucket = ms.eq.get(f, {})
+            for k in keys:
+                s = bucket.get(k)
+                if s is not None:
+                    s.discard(sub)
+                    if not s:
+                        del bucket[k]
+            if not bucket:
+                ms.eq.pop(f, None)
+            if kind == "in":
+                other = ms.in_other.get(f)
+                if other is not None:
+                    other.discard(sub)
+                    if not other:
+                        del ms.in_other[f]
+        elif kind == "range":
+            idx = ms.ranges.get(arg)
+            if idx is not None:
+                idx.remove(sub)
+                if not len(idx):
+                    del ms.ranges[arg]
+        else:
+            ms.scan.discard(sub)
+        ms.count -= 1
+        if ms.count <= 0:
+            del self._by_map[sub.map_name]
+
+    # -- snapshot ---------------------------------------------------------------------------------
+    def _candidates(self, map_name: str, spec: QuerySpec, view: Any) -> Iterable[str] | None:
+        """Keys that may match, from a record index; ``None`` means scan everything."""
+        leaves = _conjuncts(spec)
+        best: set[str] | None = None
+        hashes = self._hash.get(map_name, {})
+        for f, v in _eq_leaves(leaves):
+            idx = hashes.get(f)
+            if idx is None and self.auto_index:
+                idx = self.ensure_index(map_name, f, "hash")  # type: ignore[assignment]
+            if idx is not None:
+                keys = idx.lookup(v)
+                if best is None or len(keys) < len(best):
+                    best = keys
+        if best is not None:
+            return best
+        ranges = _range_bounds(leaves)
+        sorted_ = self._sorted.get(map_name, {})
+        for f, (_cls, lo, hi) in ranges.items():
+            sidx = sorted_.get(f)
+            if sidx is None and self.auto_index:
+                sidx = self.ensure_index(map_name, f, "sorted")  # type: ignore[assignment]
+            if sidx is not None:
+                return list(sidx.range(lo, hi))
+        for f, vals in _in_leaves(leaves):
+            idx = hashes.get(f)
+            if idx is None and self.auto_index:
+                idx = self.ensure_index(map_name, f, "hash")  # type: ignore[assignment]
+            if idx is not None:
+                out: set[str] = set()
+                for v in vals:
+                    out |= idx.lookup(v)
+                # records whose field is an array may still match ``in`` (v an array containing x)
+                for k, v in view.items():
+                    fv = get_field(v, f)
+                    if isinstance(fv, (list, tuple)):
+                        out.add(k)
+                return out
+        return None
+
+    def _snapshot(self, sub: Subscription) -> Snapshot:
+        spec = sub.spec
+        self.stats["snapshots"] += 1
+        now = self._clock()
+        fp = fingerprint(spec.where, spec.predicate, spec.sort)
+        cur = decode_cursor(spec.cursor, fp, spec.sort, now)
+        sub.after = cur.position
+        view = self._source(sub.map_name)
+        n = min(spec.limit or self.max_rows, self.max_rows)
+        sub.limit = n
+        sub.keep = n + min(max(n, self.reserve), self.max_rows)
+        if view is None:
+            return Snapshot([], False, None, cur.status)
+        cand = self._candidates(sub.map_name, spec, view)
+        filt, key_fn, after = sub.filter, sub.key_fn, sub.after
+        if cand is None:
+            self.stats["full_scans"] += 1
+            pairs: Iterable[tuple[str, Any]] = view.items()
+        else:
+            self.stats["candidates"] += len(cand) if hasattr(cand, "__len__") else 0  # type: ignore[arg-type]
+            get = view.get
+            pairs = ((k, get(k)) for k in cand)
+        if sub.aggregate:
+            rows = [(k, v) for k, v in pairs if v is not None and filt(v)]
+            return self._aggregate(sub, rows, cur.status)
+        matched: list[tuple[Any, ...]] = []
+        values: dict[str, Any] = {}
+        for k, v in pairs:
+            if v is None or not filt(v):
+                continue
+            sk = key_fn(k, v)
+            if after is not None and not sk > after:
+                continue
+            matched.append(sk)
+            values[k] = v
+        total = len(matched)
+        if total > sub.keep:
+            keep = heapq.nsmallest(sub.keep + 1, matched)
+            sub.horizon = keep.pop()
+            sub.complete = False
+        else:
+            keep = sorted(matched)
+            sub.complete = True
+        sub.rows = keep
+        sub.pos = {sk[-1]: sk for sk in keep}
+        page = keep[:n]
+        has_more = total > n
+        next_cursor = encode_cursor(fp, page[-1], now) if has_more and page else None
+        fields = sub.fields
+        results = [(sk[-1], project(values[sk[-1]], fields)) for sk in page]
+        return Snapshot(results, has_more, next_cursor, cur.status)
+
+    def _aggregate(self, sub: Subscription, rows: list[tuple[str, Any]], status: CursorStatus) -> Snapshot:
+        spec = sub.spec
+        group_by = spec.group_by or []
+        groups: dict[str, dict[str, Any]] = {}
+        members: dict[str, list[Any]] = {}
+        for _k, v in rows:
+            gvals = [get_field(v, g) for g in group_by]
+            gkey = json.dumps(gvals, sort_keys=True, default=repr, separators=(",", ":"))
+            g = groups.get(gkey)
+            if g is None:
+                g = groups[gkey] = {"__key": gkey, "__count": 0}
+                for name, gv in zip(group_by, gvals, strict=True):
+                    g[name] = gv
+                members[gkey] = []
+            g["__count"] += 1
+            members[gkey].append(v)
+        for gkey, g in groups.items():
+            for func, fld in spec.aggregations:
+                if fld is None or func == "count":
+                    continue
+                nums = [
+                    x for x in (get_field(v, fld) for v in members[gkey])
+                    if isinstance(x, (int, float)) and not isinstance(x, bool) and x == x
+                ]
+                if func == "sum":
+                    s = sum(nums)
+                    g[f"__sum_{fld}"] = int(s) if isinstance(s, float) and s.is_integer() else s
+                elif func == "min":
+                    g[f"__min_{fld}"] = min(nums) if nums else None
+                elif func == "max":
+                    g[f"__max_{fld}"] = max(nums) if nums else None
+                else:
+                    g[f"__avg_{fld}"] = (float(sum(nums)) / len(nums)) if nums else None
+        ordered = sorted(groups)
+        n = min(spec.limit or self.max_rows, self.max_rows)
+        page = ordered[:n]
+        return Snapshot([(k, groups[k]) for k in page], len(ordered) > n, None, status)
+
+    # -- deltas -----------------------------------------------------------------------------------
+    def candidates(self, map_name: str, old_value: Any, new_value: Any) -> set[Subscription]:
+        """Subscriptions of ``map_name`` that a change from ``old_value`` to ``new_value`` may affect."""
+        ms = self._by_map.get(map_name)
+        if ms is None:
+            return set()
+        out = set(ms.scan)
+        for f, buckets in ms.eq.items():
+            for val in (old_value, new_value):
+                if val is None:
+                    continue
+                fv = get_field(val, f)
+                k = eq_key(fv)
+                if k is None:
+                    continue
+                if k is OTHER:
+                    other = ms.in_other.get(f)
+                    if other:
+                        out |= other
+                    continue
+                s = buckets.get(k)
+                if s:
+                    out |= s
+        for f, idx in ms.ranges.items():
+            for val in (old_value, new_value):
+                if val is not None:
+                    out.update(idx.stab(get_field(val, f)))
+        return out
+
+    def on_change(
+        self, map_name: str, key: str, old_value: Any, new_value: Any, origin: int | None = None
+    ) -> list[tuple[Any, QueryUpdate]]:
+        """Apply one committed change (values are live values, ``None`` = absent/tombstone).
+
+        Updates record indexes and every affected window; returns the ``QUERY_UPDATE``s to send,
+        leaving out those of subscriptions owned by connection ``origin`` (§5.7 item 4).
+        """
+        per = self._hash.get(map_name)
+        if per:
+            for idx in per.values():
+                idx.update(key, new_value)
+        sper = self._sorted.get(map_name)
+        if sper:
+            for sidx in sper.values():
+                sidx.update(key, new_value)
+        if map_name not in self._by_map:
+            return []
+        out: list[tuple[Any, QueryUpdate]] = []
+        for sub in self.candidates(map_name, old_value, new_value):
+            events = self._apply(sub, key, new_value)
+            if not events or sub.conn_id == origin:
+                continue
+            for ct, k, v in events:
+                out.append((sub.conn, QueryUpdate(query_id=sub.query_id, key=k, value=v, change_type=ct)))
+        return out
+
+    def _value(self, map_name: str, key: str) -> Any:
+        view = self._source(map_name)
+        return view.get(key) if view is not None else None
+
+    def _apply(self, sub: Subscription, key: str, new_value: Any) -> list[tuple[ChangeType, str, Any]]:
+        rows, pos, n = sub.rows, sub.pos, sub.limit
+        old_sk = pos.get(key)
+        new_sk = None
+        if new_value is not None and sub.filter(new_value):
+            sk = sub.key_fn(key, new_value)
+            if sub.after is None or sk > sub.after:
+                new_sk = sk
+        if old_sk is None and new_sk is None:
+            return []
+        before_in = False
+        if old_sk is not None:
+            old_rank = bisect_left(rows, old_sk)
+            before_in = old_rank < n
+            del rows[old_rank]
+            del pos[key]
+        after_in = False
+        if new_sk is not None and (sub.complete or sub.horizon is None or new_sk < sub.horizon):
+            i = bisect_left(rows, new_sk)
+            rows.insert(i, new_sk)
+            pos[key] = new_sk
+            after_in = i < n
+            if len(rows) > sub.keep:
+                evicted = rows.pop()
+                del pos[evicted[-1]]
+                sub.horizon = evicted if sub.horizon is None or evicted < sub.horizon else sub.horizon
+                sub.complete = False
+        fields = sub.fields
+        if before_in and after_in:
+            return [(ChangeType.UPDATE, key, project(new_value, fields))]
+        if before_in:
+            events = [(ChangeType.LEAVE, key, None)]
+            if len(rows) >= n:
+                k2 = rows[n - 1][-1]
+                if k2 != key:
+                    events.append((ChangeType.ENTER, k2, project(self._value(sub.map_name, k2), fields)))
+            return events
+        if after_in:
+            events = []
+            if len(rows) > n:
+                k2 = rows[n][-1]
+                events.append((ChangeType.LEAVE, k2, None))
+            events.append((ChangeType.ENTER, key, project(new_value, fields)))
+            return events
+        return []
+

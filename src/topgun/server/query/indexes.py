@@ -1,0 +1,279 @@
+"""Per-map secondary indexes (records) and subscription indexes (live queries).
+
+Record indexes answer "which keys may match" for a snapshot:
+
+* :class:`HashIndex` — field value → keys, for ``eq``/``in``/``where``;
+* :class:`SortedIndex` — ordered (value, key) pairs of numbers and strings, for
+  ``gt``/``gte``/``lt``/``lte``/``between``.
+
+Both keep a reverse map key → indexed value, so an update never needs the old
+record, and an index is always a *superset* filter: callers still evaluate the
+full predicate on each candidate.
+
+:class:`IntervalIndex` is the subscription side: given a field value of a written
+record it finds the range subscriptions whose interval contains it (stabbing
+query on a lazily rebuilt centered interval tree).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from sortedcontainers import SortedList
+
+from topgun.core.predicates import get_field
+
+__all__ = ["OTHER", "HashIndex", "IntervalIndex", "SortedIndex", "eq_key", "range_key"]
+
+#: ``eq_key`` of values that cannot be hashed (maps, arrays, ext): never indexed by value.
+OTHER: Any = ("__other__",)
+
+
+def eq_key(v: Any) -> Any:
+    """A hashable key equal for exactly the values the protocol calls equal (``None``: nil/missing,
+    :data:`OTHER`: not indexable). Booleans are kept apart from the numbers 0 and 1."""
+    if v is None:
+        return None
+    if isinstance(v, bool):
+        return ("b", v)
+    if isinstance(v, (int, float)):
+        if v != v:
+            return OTHER
+        return v  # 1 == 1.0 and hash(1) == hash(1.0): int/float equality for free
+    if isinstance(v, str):
+        return v
+    if isinstance(v, (bytes, bytearray)):
+        return ("y", bytes(v))
+    return OTHER
+
+
+def range_key(v: Any) -> tuple[int, Any] | None:
+    """Orderable key of a number (class 0) or string (class 1); ``None`` for anything else."""
+    if isinstance(v, bool) or v is None:
+        return None
+    if isinstance(v, (int, float)):
+        if v != v:
+            return None
+        return (0, v)
+    if isinstance(v, str):
+        return (1, v)
+    return None
+
+
+class HashIndex:
+    """``field`` value → set of record keys."""
+
+    __slots__ = ("buckets", "by_key", "field")
+
+    def __init__(self, field: str) -> None:
+        self.field = field
+        self.buckets: dict[Any, set[str]] = {}
+        self.by_key: dict[str, Any] = {}
+
+    def update(self, key: str, value: Any) -> None:
+        """Index the record ``key`` with live ``value`` (``None``: the record is gone)."""
+        new = eq_key(get_field(value, self.field)) if value is not None else None
+        if new is OTHER:
+            new = None
+        by_key = self.by_key
+        if key in by_key:
+            old = by_key[key]
+            if new is not None and old == new:
+                return
+            bucket = self.buckets[old]
+            bucket.discard(key)
+            if not bucket:
+                del self.buckets[old]
+            del by_key[key]
+        if new is not None:
+            by_key[key] = new
+            nb = self.buckets.get(new)
+            if nb is None:
+                self.buckets[new] = {key}
+            else:
+                nb.add(key)
+
+    def lookup(self, value: Any) -> set[str]:
+        """Keys whose field may equal ``value`` (empty for nil or non-indexable values)."""
+        k = eq_key(value)
+        if k is None or k is OTHER:
+            return set()
+        return self.buckets.get(k, set())
+
+    def __len__(self) -> int:
+        return len(self.by_key)
+
+
+class SortedIndex:
+    """Ordered ``((class, value), key)`` pairs of the numeric and string values of ``field``."""
+
+    __slots__ = ("by_key", "field", "items")
+
+    def __init__(self, field: str) -> None:
+        self.field = field
+        self.items: SortedList = SortedList()
+        self.by_key: dict[str, tuple[int, Any]] = {}
+
+    def update(self, key: str, value: Any) -> None:
+        """Index the record ``key`` with live ``value`` (``None``: the record is gone)."""
+        new = range_key(get_field(value, self.field)) if value is not None else None
+        old = self.by_key.get(key)
+        if old is not None:
+            if new is not None and old == new and type(old[1]) is type(new[1]):
+                return
+            self.items.remove((old, key))
+            del self.by_key[key]
+        if new is not None:
+            self.by_key[key] = new
+            self.items.add((new, key))
+
+    def range(self, low: Any = None, high: Any = None) -> Iterator[str]:
+        """Keys with ``low <= value <= high`` (either bound optional, both of one type class).
+
+        Inclusive on both ends: a superset for strict comparisons, which callers re-check.
+        """
+        lo_k = range_key(low) if low is not None else None
+        hi_k = range_key(high) if high is not None else None
+        if lo_k is None and hi_k is None:
+            return
+        if lo_k is not None and hi_k is not None and lo_k[0] != hi_k[0]:
+            return
+        cls = lo_k[0] if lo_k is not None else hi_k[0]  # type: ignore[index]
+        start = (lo_k,) if lo_k is not None else (((cls,)),)
+        for rk, key in self.items.irange(start, None):
+            if rk[0] != cls or (hi_k is not None and rk[1] > hi_k[1]):
+                return
+            yield key
+
+    def __len__(self) -> int:
+        return len(self.by_key)
+
+
+class _Node:
+    __slots__ = ("by_high", "by_low", "center", "left", "right")
+
+    def __init__(self, center: Any) -> None:
+        self.center = center
+        self.by_low: list[tuple[Any, Any, Any]] = []
+        self.by_high: list[tuple[Any, Any, Any]] = []
+        self.left: _Node | None = None
+        self.right: _Node | None = None
+
+
+def _build(items: list[tuple[Any, Any, Any]]) -> _Node | None:
+    if not items:
+        return None
+    points = sorted([lo for lo, _, _ in items] + [hi for _, hi, _ in items])
+    center = points[len(points) // 2]
+    node = _Node(center)
+    left, right, mid = [], [], []
+    for it in items:
+        lo, hi, _ = it
+        if hi < center:
+            left.append(it)
+        elif lo > center:
+            right.append(it)
+        else:
+            mid.append(it)
+    node.by_low = sorted(mid, key=lambda t: t[0])
+    node.by_high = sorted(mid, key=lambda t: t[1], reverse=True)
+    node.left = _build(left)
+    node.right = _build(right)
+    return node
+
+
+class IntervalIndex:
+    """Closed intervals ``[low, high]`` (per type class) → payloads, with stabbing queries.
+
+    Open ends are stored as the class's extreme values. The tree is rebuilt lazily after
+    additions/removals, which are rare compared with queries (subscriptions vs writes).
+    """
+
+    __slots__ = ("_dirty", "_entries", "_trees")
+
+    def __init__(self) -> None:
+        self._entries: dict[Any, tuple[int, Any, Any]] = {}
+        self._trees: dict[int, _Node | None] = {}
+        self._dirty = False
+
+    def add(self, payload: Any, cls: int, low: Any, high: Any) -> None:
+        """Register ``payload`` for ``[low, high]`` of type class ``cls`` (``None`` = unbounded)."""
+        self._entries[payload] = (cls, low, high)
+        self._dirty = True
+
+    def remove(self, payload: Any) -> None:
+        if self._entries.pop(payload, None) is not None:
+            self._dirty = True
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _rebuild(self) -> None:
+        per: dict[int, list[tuple[Any, Any, Any]]] = {}
+        for payload, (cls, low, high) in self._entries.items():
+            lo = (0, low) if low is not None else (-1, None)
+            hi = (0, high) if high is not None else (1, None)
+            per.setdefault(cls, []).append((_Bound(lo), _Bound(hi), payload))
+        self._trees = {cls: _build(items) for cls, items in per.items()}
+        self._dirty = False
+
+    def stab(self, value: Any) -> Iterable[Any]:
+        """Payloads whose interval contains ``value`` (a number or string)."""
+        rk = range_key(value)
+        if rk is None:
+            return ()
+        if self._dirty:
+            self._rebuild()
+        node = self._trees.get(rk[0])
+        if node is None:
+            return ()
+        v = _Bound((0, rk[1]))
+        out = []
+        while node is not None:
+            if v < node.center:
+                for lo, _, p in node.by_low:
+                    if lo > v:
+                        break
+                    out.append(p)
+                node = node.left
+            elif node.center < v:
+                for _, hi, p in node.by_high:
+                    if hi < v:
+                        break
+                    out.append(p)
+                node = node.right
+            else:
+                out.extend(p for _, _, p in node.by_low)
+                break
+        return out
+
+
+class _Bound:
+    """An interval end: ``(-1, None)`` is -inf, ``(1, None)`` is +inf, ``(0, x)`` is ``x``."""
+
+    __slots__ = ("k",)
+
+    def __init__(self, k: tuple[int, Any]) -> None:
+        self.k = k
+
+    def __lt__(self, other: _Bound) -> bool:
+        a, b = self.k, other.k
+        if a[0] != 0 or b[0] != 0:
+            return a[0] < b[0]
+        return bool(a[1] < b[1])
+
+    def __gt__(self, other: _Bound) -> bool:
+        return other.__lt__(self)
+
+    def __le__(self, other: _Bound) -> bool:
+        return not other.__lt__(self)
+
+    def __ge__(self, other: _Bound) -> bool:
+        return not self.__lt__(other)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Bound) and not self.__lt__(other) and not other.__lt__(self)
+
+    def __hash__(self) -> int:
+        return hash(self.k)
