@@ -225,3 +225,27 @@ def test_grid_config_fields_validate() -> None:
     }
     cfg = load_config(env=env)
     assert cfg.tombstone_retention == 60.0 and cfg.max_drift_ms == 5000 and cfg.map_acl == [{"map": "x"}]
+
+
+async def test_or_tag_reused_under_another_key_moves_and_persists_once(storage_url: str) -> None:
+    clock = Clock()
+    grid = await open_grid(storage_url, clock)
+    tag = "dup-tag"
+    try:
+        grid.apply([Change.or_add("s", "a", ORMapRecord(1, Timestamp(WALL, 0, "n1"), tag))], SERVER_ORIGIN)
+        res = grid.apply(
+            [Change.or_add("s", "b", ORMapRecord(2, Timestamp(WALL, 1, "n1"), tag))], SERVER_ORIGIN
+        )
+        assert res.outcomes[0].status is OutcomeStatus.APPLIED
+        orm = grid.ormap("s")
+        assert orm is not None and orm.get("a") == [] and orm.get("b") == [2] and orm.key_of(tag) == "b"
+        root = orm.root_hash
+    finally:
+        await close_grid(grid)
+    for _ in range(2):  # stable across restarts whatever order the rows load in
+        grid = await open_grid(storage_url, clock)
+        try:
+            orm = grid.ormap("s")
+            assert orm is not None and orm.get("a") == [] and orm.get("b") == [2] and orm.root_hash == root
+        finally:
+            await close_grid(grid)

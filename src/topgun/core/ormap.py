@@ -241,6 +241,10 @@ class ORMap:
         """True when ``tag`` has been removed."""
         return tag in self._tombstones
 
+    def key_of(self, tag: str) -> str | None:
+        """The key holding the record with ``tag``, or None when no record carries it."""
+        return self._tag_key.get(tag)
+
     def keys(self) -> list[str]:
         """Keys with at least one visible value."""
         now = self._wall()

@@ -551,14 +551,19 @@ class Grid:
             orm = self._or[name]
         if orm.is_tombstoned(record.tag):
             return _UNCHANGED
+        moved_from = orm.key_of(record.tag)
         if ch.replace:
             changed = orm.apply(ch.key, record)
         else:
             changed = orm.merge_key(ch.key, (record,), ())
         if not changed:
             return _UNCHANGED
+        if moved_from is not None and moved_from != ch.key:
+            # The same tag under another key (a misbehaving client): the record moved, so its old
+            # row must go or a reload would find the tag twice.
+            batch.or_delete(name, moved_from, record.tag)
         batch.or_put(name, ch.key, record)
-        effective.append(Change(name, ch.key, ChangeKind.OR_ADD, or_record=record))
+        effective.append(Change(name, ch.key, _OR_ADD, or_record=record))
         return _APPLIED
 
     def _apply_or_remove(
