@@ -536,3 +536,23 @@ async def test_inbound_queue_bound_disconnects_flooding_client(transport: str) -
         ok = await RawClient.open(url(server))
         assert (await ok.ping())["type"] == "PONG"
         await ok.close()
+
+
+async def test_nested_batches_work_but_deep_nesting_is_refused(transport: str) -> None:
+    import struct
+
+    def batch_of(frames: list[bytes]) -> bytes:
+        data = struct.pack("<I", len(frames)) + b"".join(struct.pack("<I", len(f)) + f for f in frames)
+        return pack({"type": "BATCH", "count": len(frames), "data": data})
+
+    async with serving(transport) as server, await RawClient.open(url(server)) as c:
+        inner = batch_of([pack({"type": "PING", "timestamp": 1})])
+        await c.send_raw(batch_of([inner, pack({"type": "PING", "timestamp": 2})]))
+        assert [(await c.recv())["timestamp"] for _ in range(2)] == [1, 2]
+        deep = pack({"type": "PING", "timestamp": 3})
+        for _ in range(5000):  # would exhaust the interpreter stack if followed
+            deep = batch_of([deep])
+        await c.send_raw(deep)
+        err = await c.recv()
+        assert err["payload"] == {"code": 400, "message": "BATCH nested too deeply"}
+        assert (await c.ping(4))["timestamp"] == 4

@@ -90,6 +90,9 @@ CLIENT_KINDS = frozenset(
 #: Extended kinds the server must accept and ignore (PROTOCOL §6, query delta reconnect).
 IGNORED_KINDS = frozenset({"QUERY_SYNC_INIT"})
 
+#: A BATCH inside a BATCH works (§1.7); deeper than this is refused.
+_MAX_BATCH_NESTING = 8
+
 # Enum ``.value`` is a descriptor call; a dict lookup is several times cheaper on the hot path.
 _WIRE_NAME: dict[MessageType, str] = {m: m.value for m in MessageType}
 
@@ -272,6 +275,7 @@ class Session:
         self._cleanups: list[CleanupHook] = []
         self._queue: deque[tuple[Any, int]] = deque()
         self._queued_bytes = 0
+        self._batch_depth = 0
         self._task: asyncio.Task[None] | None = None
         self._finished = False
         cfg = hub.config
@@ -454,6 +458,10 @@ class Session:
             self._task = asyncio.ensure_future(self._run_queue(result))
 
     def _handle_batch(self, msg: Batch) -> None:
+        if self._batch_depth >= _MAX_BATCH_NESTING:
+            # Each level recurses through on_message; a crafted frame could nest thousands deep.
+            self.send_error(400, "BATCH nested too deeply")
+            return
         try:
             frames = self.hub.codec.split_batch(msg.data, self.hub.limits)
         except ProtocolError as exc:
@@ -462,10 +470,14 @@ class Session:
         except Exception as exc:
             self.send_error(400, f"malformed BATCH: {exc}")
             return
-        for frame in frames:
-            if self.state is SessionState.CLOSED:
-                return
-            self.on_message(bytes(frame))
+        self._batch_depth += 1
+        try:
+            for frame in frames:
+                if self.state is SessionState.CLOSED:
+                    return
+                self.on_message(bytes(frame))
+        finally:
+            self._batch_depth -= 1
 
     # -- in-order dispatch -------------------------------------------------------------------
     def _dispatch(self, msg: Any) -> Awaitable[None] | None:
