@@ -159,7 +159,10 @@ class WebsocketsTransport(TransportServer):
             async for message in ws:
                 # Text messages are never protocol messages (PROTOCOL §1.2).
                 if isinstance(message, bytes):
-                    listener.on_message(message)
+                    try:
+                        listener.on_message(message)
+                    except Exception:
+                        log.exception("connection %d: listener failed", conn.id)
         except ConnectionClosed:
             pass
         except Exception:
