@@ -32,6 +32,7 @@ from topgun.server.transport.base import CloseCode, Connection, TransportServer
 
 if TYPE_CHECKING:
     from topgun.server.handlers import CoreServices
+    from topgun.server.handlers.query import QueryService
 
 __all__ = ["Hook", "TopGunServer"]
 
@@ -90,6 +91,12 @@ class TopGunServer:
 
         #: Topic, lock and counter processors (PROTOCOL §5.12-§5.14).
         self.coordination = install_coordination_handlers(self)
+        #: Live queries (PROTOCOL §5.11): processors, grid listener and ``engine`` (needs core handlers).
+        self.queries: QueryService | None = None
+        if self.core is not None:
+            from topgun.server.handlers.query import install_query_handlers
+
+            self.queries = install_query_handlers(self)
 
     # -- public properties -------------------------------------------------------------------
     @property

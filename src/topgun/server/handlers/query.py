@@ -1,0 +1,172 @@
+"""``QUERY_SUB`` / ``QUERY_UNSUB`` and live ``QUERY_UPDATE`` push (PROTOCOL §4.7, §5.11).
+
+:class:`QueryService` is both the processor of the two query messages and a grid
+:class:`~topgun.server.grid.ChangeListener`. The snapshot is taken and the
+subscription registered inside one synchronous ``handle`` call, and grid
+listeners run synchronously inside ``Grid.apply``, so no committed change can fall
+between the ``QUERY_RESP`` and the first ``QUERY_UPDATE`` (§5.11 item 3).
+
+Settings (config file keys; unknown to :class:`ServerConfig`, so they live in
+``config.extra``):
+
+* ``query_max_rows`` — largest ``QUERY_RESP`` page and live window (default 10,000);
+* ``query_indexes`` — ``{map: [field, ...]}`` secondary indexes built at start-up;
+* ``query_auto_index`` — build an index the first time a query can use one (default true).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from topgun.core.predicates import InvalidPredicateError
+from topgun.errors import ConfigError
+from topgun.protocol.messages import (
+    MessageType,
+    QueryErrorCode,
+    QueryResp,
+    QueryResultItem,
+    QuerySub,
+    QueryUnsub,
+)
+from topgun.server.grid import Change, ChangeKind, Origin
+from topgun.server.interfaces import RequestContext
+from topgun.server.query.engine import DEFAULT_MAX_ROWS, QueryEngine
+
+if TYPE_CHECKING:
+    from topgun.server.app import TopGunServer
+    from topgun.server.handlers import CoreServices
+
+__all__ = ["QueryService", "install_query_handlers"]
+
+log = logging.getLogger("topgun.server.query")
+
+_CLEANUP_KEY = "topgun.queries"
+
+
+def _setting(server: TopGunServer, name: str, default: Any) -> Any:
+    cfg = server.config
+    value = getattr(cfg, name, None)
+    if value is None:
+        value = (getattr(cfg, "extra", None) or {}).get(name)
+    return default if value is None else value
+
+
+def _wall_millis() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class QueryService:
+    """Live queries of one server: the engine, the two processors and the grid listener."""
+
+    def __init__(
+        self,
+        core: CoreServices,
+        *,
+        max_rows: int = DEFAULT_MAX_ROWS,
+        declared_indexes: Mapping[str, Sequence[str]] | None = None,
+        auto_index: bool = True,
+    ) -> None:
+        self.core = core
+        self.engine = QueryEngine(
+            self._view, max_rows=max_rows, declared_indexes=declared_indexes, auto_index=auto_index
+        )
+        #: QUERY_UPDATE messages queued (for metrics and tests)
+        self.updates_sent = 0
+
+    def _view(self, map_name: str) -> Any:
+        grid = self.core._grid
+        return grid.lww(map_name) if grid is not None else None
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    async def start(self, server: TopGunServer) -> None:
+        """Build the declared indexes once the grid is loaded."""
+        self.engine.build_declared()
+
+    # -- processors ---------------------------------------------------------------------------------
+    def handle(self, ctx: RequestContext, msg: Any) -> None:
+        """Dispatch ``QUERY_SUB`` and ``QUERY_UNSUB``."""
+        if isinstance(msg, QuerySub):
+            self.handle_sub(ctx, msg)
+        elif isinstance(msg, QueryUnsub):
+            self.engine.unsubscribe(ctx.connection_id, msg.query_id)
+
+    def handle_sub(self, ctx: RequestContext, msg: QuerySub) -> None:
+        """Check read permission, snapshot, register, answer ``QUERY_RESP`` — without suspending."""
+        qid, name = msg.query_id, msg.map_name
+        if not self.core.acl.can_read(ctx, name):
+            self.engine.unsubscribe(ctx.connection_id, qid)
+            ctx.send(QueryResp(query_id=qid, results=[], error=f"no read permission for map {name!r}",
+                               code=QueryErrorCode.FORBIDDEN.value))
+            return
+        self.core.push.add_interest(ctx, name)
+        principal = ctx.principal
+        claims = dict(principal.claims) if principal is not None else None
+        try:
+            snap = self.engine.subscribe(
+                ctx, qid, name, msg.query, msg.effective_fields, conn_id=ctx.connection_id, auth=claims
+            )
+        except InvalidPredicateError as exc:
+            self.engine.unsubscribe(ctx.connection_id, qid)
+            ctx.send(QueryResp(query_id=qid, results=[], error=str(exc),
+                               code=QueryErrorCode.INVALID_QUERY.value))
+            return
+        if _CLEANUP_KEY not in ctx.data:
+            ctx.data[_CLEANUP_KEY] = True
+            ctx.add_cleanup(self._on_close)
+        ctx.send(QueryResp(
+            query_id=qid,
+            results=[QueryResultItem(key=k, value=v) for k, v in snap.results],
+            next_cursor=snap.next_cursor,
+            has_more=snap.has_more,
+            cursor_status=snap.cursor_status,
+        ))
+
+    def _on_close(self, ctx: RequestContext) -> None:
+        self.engine.drop_connection(ctx.connection_id)
+
+    # -- ChangeListener ---------------------------------------------------------------------------
+    def on_changes(self, changes: Sequence[Change], origin: Origin) -> None:
+        """Feed committed LWW changes to the engine and queue the resulting ``QUERY_UPDATE``s."""
+        engine = self.engine
+        writer = origin.connection_id
+        now = 0
+        for ch in changes:
+            kind = ch.kind
+            if kind is not ChangeKind.PUT and kind is not ChangeKind.REMOVE:
+                continue
+            rec, prev = ch.record, ch.previous
+            if (rec is not None and rec.ttl_ms is not None) or (prev is not None and prev.ttl_ms is not None):
+                now = now or _wall_millis()
+            new = None if rec is None or (rec.ttl_ms is not None and not rec.is_live(now)) else rec.value
+            old = None if prev is None or (prev.ttl_ms is not None and not prev.is_live(now)) else prev.value
+            for ctx, update in engine.on_change(ch.map_name, ch.key, old, new, writer):
+                ctx.send(update)
+                self.updates_sent += 1
+
+
+def install_query_handlers(server: TopGunServer) -> QueryService:
+    """Create the :class:`QueryService` of ``server`` (which must have core handlers) and wire it in."""
+    core = server.core
+    if core is None:
+        raise RuntimeError("live queries need the core handlers (grid, ACL, push)")
+    max_rows = _setting(server, "query_max_rows", DEFAULT_MAX_ROWS)
+    indexes = _setting(server, "query_indexes", {})
+    auto = _setting(server, "query_auto_index", True)
+    if not isinstance(max_rows, int) or isinstance(max_rows, bool) or max_rows <= 0:
+        raise ConfigError(f"query_max_rows must be a positive integer, got {max_rows!r}")
+    if not isinstance(indexes, Mapping) or not all(
+        isinstance(m, str) and isinstance(fs, (list, tuple)) and all(isinstance(f, str) for f in fs)
+        for m, fs in indexes.items()
+    ):
+        raise ConfigError("query_indexes must map map names to lists of field names")
+    if isinstance(auto, str):
+        auto = auto.strip().lower() in {"1", "true", "yes", "on"}
+    service = QueryService(core, max_rows=max_rows, declared_indexes=indexes, auto_index=bool(auto))
+    server.processors.register(MessageType.QUERY_SUB, service)
+    server.processors.register(MessageType.QUERY_UNSUB, service)
+    core.add_listener(service)
+    server.on_startup(service.start)
+    return service
