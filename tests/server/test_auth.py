@@ -204,3 +204,15 @@ def test_secure_default() -> None:
         ServerConfig(host="0.0.0.0").check_secure_default()
     ServerConfig(host="0.0.0.0", no_auth=True).check_secure_default()
     ServerConfig(host="0.0.0.0", jwt_secret="s").check_secure_default()
+
+
+def test_device_identities_survive_export_and_load() -> None:
+    minted: list[tuple[str, str]] = []
+    reg = DeviceRegistry(on_mint=lambda device_id, digest: minted.append((device_id, digest)))
+    binding = reg.bind(None)
+    assert binding.token is not None
+    assert minted == [(binding.device_id, reg.export()[binding.device_id])]
+    restarted = DeviceRegistry()
+    assert restarted.load({**reg.export(), "bad": "zz", "a.b": "00" * 32}) == 1
+    again = restarted.bind(binding.token)
+    assert again.device_id == binding.device_id and again.token is None

@@ -12,6 +12,7 @@ import hmac
 import logging
 import secrets
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -162,9 +163,31 @@ class DeviceRegistry:
     id and token. Binding never fails.
     """
 
-    def __init__(self) -> None:
+    #: Suggested key prefix when persisting identities in the storage meta table.
+    META_PREFIX = "device:"
+
+    def __init__(self, on_mint: Callable[[str, str], None] | None = None) -> None:
         self._hashes: dict[str, bytes] = {}
         self._active: dict[str, int] = {}
+        #: Called with ``(device_id, hex digest)`` for every minted identity (e.g. to persist it).
+        self.on_mint = on_mint
+
+    def load(self, digests: Mapping[str, str]) -> int:
+        """Restore identities from ``{device_id: hex SHA-256 of the secret}``; returns how many."""
+        n = 0
+        for device_id, digest in digests.items():
+            try:
+                raw = bytes.fromhex(digest)
+            except ValueError:
+                continue
+            if len(raw) == 32 and "." not in device_id:
+                self._hashes[device_id] = raw
+                n += 1
+        return n
+
+    def export(self) -> dict[str, str]:
+        """``{device_id: hex digest}`` of every identity (what :meth:`load` accepts)."""
+        return {device_id: h.hex() for device_id, h in self._hashes.items()}
 
     def __len__(self) -> int:
         return len(self._hashes)
@@ -187,7 +210,13 @@ class DeviceRegistry:
         """Issue a fresh device id and token."""
         device_id = str(uuid.uuid4())
         secret = secrets.token_hex(32)
-        self._hashes[device_id] = self._digest(secret)
+        digest = self._digest(secret)
+        self._hashes[device_id] = digest
+        if self.on_mint is not None:
+            try:
+                self.on_mint(device_id, digest.hex())
+            except Exception:
+                log.exception("device identity hook failed")
         return DeviceBinding(device_id, f"{device_id}.{secret}")
 
     def bind(self, token: str | None) -> DeviceBinding:
