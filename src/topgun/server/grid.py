@@ -370,8 +370,7 @@ class Grid:
             else:
                 orm = self._new_or()
                 for key, recs in m.or_records.items():
-                    for rec in recs:
-                        orm.apply(key, rec)
+                    orm.merge_key(key, recs, ())  # one Merkle refresh per key, not per record
                 for tag, (key, removed_at) in m.or_tombstones.items():
                     orm.apply_tombstone(tag, key or None, removed_at)
                 self._or[m.name] = orm
