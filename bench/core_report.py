@@ -11,6 +11,8 @@ import sys
 
 ORDER = [
     "lww-merge-nomerkle",
+    "lww-merge-noclock",
+    "baseline-dict",
     "lww-merge-merkle",
     "merkle-build",
     "merkle-incremental",

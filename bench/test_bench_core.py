@@ -15,7 +15,10 @@ Sizes are configurable so CI never runs these by default (``bench/`` is not in
 * ``lww-merge-nomerkle``: ``LWWMap(hlc, merkle=False).merge_many`` of N records
   with distinct keys into an empty map (clock attached, so every record also
   runs ``HLC.update``).
+* ``lww-merge-noclock``: the same into a map without a clock (no ``HLC.update``).
 * ``lww-merge-merkle``: the same with Merkle upkeep.
+* ``baseline-dict``: ``dict(pairs)`` of the same pairs: CPython building a
+  1M-entry dict from fresh keys, the floor under any dict-backed merge.
 * ``merkle-build``: ``MerkleTree().update_many`` of N (key, item hash) pairs.
 * ``merkle-incremental``: ``update_many`` of N changed item hashes for keys
   already in an N-key tree.
@@ -126,6 +129,29 @@ def test_lww_merge_nomerkle(benchmark: Any, side: Side) -> None:
         "records",
     )
     assert len(changed) == N
+
+
+def test_lww_merge_noclock(benchmark: Any, side: Side) -> None:
+    pairs = _pairs()
+    changed = _run(
+        benchmark,
+        side,
+        "lww-merge-noclock",
+        lambda m: m.merge_many(pairs),
+        lambda: ((side.lww.LWWMap(None, merkle=False),), {}),
+        N,
+        "records",
+    )
+    assert len(changed) == N
+
+
+def test_baseline_dict(benchmark: Any) -> None:
+    pairs = _pairs()
+    benchmark.group = "baseline-dict"
+    benchmark.extra_info.update({"n": N, "units": N, "unit": "records", "side": "c", "case": "baseline-dict"})
+    gc.collect()
+    d = benchmark.pedantic(dict, args=(pairs,), rounds=ROUNDS["c"], iterations=1)
+    assert len(d) == N
 
 
 def test_lww_merge_merkle(benchmark: Any, side: Side) -> None:
