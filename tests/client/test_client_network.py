@@ -173,7 +173,8 @@ async def test_heartbeat_drops_a_silent_connection_and_reconnects() -> None:
 
     async with serve(silent, "127.0.0.1", 0) as server:
         port = server.sockets[0].getsockname()[1]
-        settings = ConnectionSettings(ping_interval=0.1, pong_timeout=0.35, backoff_base=0.05, backoff_max=0.1)
+        settings = ConnectionSettings(ping_interval=0.1, pong_timeout=0.35, backoff_base=0.05,
+                                      backoff_max=0.1)
         async with TopGunClient(f"ws://127.0.0.1:{port}/ws", settings=settings) as c:
             await c.wait_connected(5)  # the no-auth grace elapsed: authenticated without a principal
             assert c.state is ConnectionState.CONNECTED

@@ -27,6 +27,9 @@ from topgun.protocol.messages import ClientOp, OpType
 
 __all__ = ["LocalStore", "to_client_op"]
 
+# ``tuple.__new__(StoredOp, fields)`` skips the NamedTuple's Python-level ``__new__``.
+_new_stored = tuple.__new__
+
 log = logging.getLogger("topgun.client")
 
 Listener = Callable[[Any], None]
@@ -85,6 +88,17 @@ class LocalStore:
         self._batch_depth = 0
         self._batch_new_ops = False
         self._room_waiters: list[asyncio.Future[None]] = []
+        #: Hold back the storage writes of remote LWW merges and write them in one transaction
+        #: per :meth:`flush_deferred` (they can always be fetched again by a Merkle sync).
+        self.defer_remote_writes = True
+        self.max_deferred = 50_000
+        #: seconds between the first held-back write and the flush
+        self.defer_delay = 0.05
+        #: called with no arguments when the first deferred write is queued; the default
+        #: schedules :meth:`flush_deferred` on the running loop (or flushes at once without one)
+        self.on_deferred: Callable[[], None] | None = self._schedule_flush
+        self._dirty_lww: dict[str, set[str]] = {}
+        self._dirty_count = 0
         self.opened = False
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -119,6 +133,7 @@ class LocalStore:
     def close(self) -> None:
         if not self.opened:
             return
+        self.flush_deferred()
         self.storage.set_meta(MetaKey.NEXT_OP_ID.value, str(self._next_op_id))
         self.storage.close()
         self.opened = False
@@ -306,12 +321,26 @@ class LocalStore:
         m = self.lww_maps.get(name)
         if m is None:
             m = self.lww(name)
-        if len(self.pending) >= self.max_pending_ops:
+        pending = self.pending
+        if len(pending) >= self.max_pending_ops:
             self._check_room()
         listeners = self._listeners.get(name)
         prev = m.get(key) if listeners else None
         record = m.set(key, value, ttl_ms)
-        self._local_lww(name, key, record, prev, listeners)
+        # Inlined on purpose (the bulk-load hot path): op id, durable write, op log, notify.
+        op_id = self._next_op_id
+        self._next_op_id = op_id + 1
+        self.storage.write_lww(name, key, record, op_id)
+        pending[op_id] = _new_stored(
+            StoredOp, (op_id, name, OpKind.LWW, key, value, record.timestamp, ttl_ms, None)
+        )
+        self._pending_order.append(op_id)
+        if listeners:
+            self._emit(name, MapEvent(name, key, value, prev, ChangeOrigin.LOCAL))
+        if self._batch_depth:
+            self._batch_new_ops = True
+        elif self.on_new_ops is not None:
+            self.on_new_ops()
         return record
 
     def lww_remove(self, name: str, key: str) -> LWWRecord:
@@ -325,24 +354,13 @@ class LocalStore:
         listeners = self._listeners.get(name)
         prev = m.get(key) if listeners else None
         record = m.remove(key)
-        self._local_lww(name, key, record, prev, listeners)
-        return record
-
-    def _local_lww(
-        self, name: str, key: str, record: LWWRecord, prev: Any, listeners: list[Listener] | None
-    ) -> None:
-        op_id = self._next_op_id
-        self._next_op_id = op_id + 1
+        op_id = self._new_op_id()
         self.storage.write_lww(name, key, record, op_id)
-        self.pending[op_id] = StoredOp(op_id, name, OpKind.LWW, key, record.value, record.timestamp,
-                                       record.ttl_ms, None)
-        self._pending_order.append(op_id)
+        self._queued(StoredOp(op_id, name, OpKind.LWW, key, None, record.timestamp, None, None))
         if listeners:
-            self._emit(name, MapEvent(name, key, record.value, prev, ChangeOrigin.LOCAL))
-        if self._batch_depth:
-            self._batch_new_ops = True
-        elif self.on_new_ops is not None:
-            self.on_new_ops()
+            self._emit(name, MapEvent(name, key, None, prev, ChangeOrigin.LOCAL))
+        self._notify_new_ops()
+        return record
 
     # -- local OR writes ---------------------------------------------------------------------------
 
@@ -415,10 +433,58 @@ class LocalStore:
                     if pv != nv or (pv is None) != (nv is None):
                         events.append(MapEvent(name, key, nv, pv, ChangeOrigin.REMOTE))
         if won:
-            self.storage.put_lww_many(name, won)
+            if self.defer_remote_writes:
+                dirty = self._dirty_lww.get(name)
+                if dirty is None:
+                    dirty = self._dirty_lww[name] = set()
+                first = not self._dirty_count
+                dirty.update(k for k, _ in won)
+                self._dirty_count += len(won)
+                if self._dirty_count >= self.max_deferred:
+                    self.flush_deferred()
+                elif first and self.on_deferred is not None:
+                    self.on_deferred()
+            else:
+                self.storage.put_lww_many(name, won)
         for ev in events:
             self._emit(name, ev)
         return [k for k, _ in won]
+
+    def _schedule_flush(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush_deferred()
+            return
+        loop.call_later(self.defer_delay, self._flush_if_open)
+
+    def _flush_if_open(self) -> None:
+        if self.opened:
+            self.flush_deferred()
+
+    def flush_deferred(self) -> None:
+        """Persist the remote LWW merges held back by ``defer_remote_writes`` (one transaction).
+
+        The *current* record of each dirty key is written, so a local write made in
+        between (already committed on its own) is never overwritten by an older one.
+        """
+        if not self._dirty_count:
+            return
+        dirty, self._dirty_lww = self._dirty_lww, {}
+        self._dirty_count = 0
+        st = self.storage
+        st.begin()
+        try:
+            for name, keys in dirty.items():
+                m = self.lww_maps.get(name)
+                if m is None:
+                    continue
+                get = m.get_record
+                st.put_lww_many(name, [(k, r) for k in keys if (r := get(k)) is not None])
+        except BaseException:
+            st.rollback()
+            raise
+        st.commit()
 
     def or_apply(self, name: str, key: str, record: ORMapRecord) -> bool:
         m = self.or_maps.get(name)
@@ -479,6 +545,7 @@ class LocalStore:
         om = self.or_maps.get(name)
         if lw is None and om is None:
             return
+        self.flush_deferred()
         st = self.storage
         doomed: list[int] = []
         st.begin()
@@ -520,6 +587,7 @@ class LocalStore:
 
     def prune(self, older_than: Timestamp) -> None:
         """Tombstone GC in every map (``GC_PRUNE``)."""
+        self.flush_deferred()
         st = self.storage
         st.begin()
         try:

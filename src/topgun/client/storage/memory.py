@@ -87,8 +87,9 @@ class MemoryStorage:
         if m is None:
             m = self._lww[name] = {}
         m[key] = record
-        self._ops[op_id] = StoredOp(op_id, name, OpKind.LWW, key, record.value, record.timestamp,
-                                    record.ttl_ms, None)
+        self._ops[op_id] = tuple.__new__(
+            StoredOp, (op_id, name, OpKind.LWW, key, record.value, record.timestamp, record.ttl_ms, None)
+        )
         if op_id > self._max_op:
             self._max_op = op_id
 
