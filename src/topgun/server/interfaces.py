@@ -15,6 +15,14 @@ A handler that wants to answer later *without* holding the connection back
 (e.g. an ``OP_ACK`` after a group commit) should apply its state changes
 synchronously in ``handle``, then schedule the late reply itself and return
 ``None``.
+
+The data-side seams live next to their implementations:
+:class:`topgun.server.grid.MapProvider` (read the grid's maps),
+:class:`topgun.server.grid.ChangeListener` (be told about every effective change,
+with its :class:`~topgun.server.grid.Origin`) and
+:class:`topgun.server.handlers.acl.SchemaProvider` (per-map permissions); the
+running server exposes them as ``server.core.grid``, ``server.core.add_listener``
+and ``server.core.acl`` (see ``docs/grid.md``).
 """
 
 from __future__ import annotations
