@@ -218,3 +218,28 @@ def test_process_crash_right_after_set_loses_nothing(tmp_path: Path) -> None:
             assert c.pending_ops == 51
 
     asyncio.run(check())
+
+
+async def test_held_back_remote_merges_never_overwrite_newer_local_writes(tmp_path: Path) -> None:
+    from topgun.core.records import LWWRecord, Timestamp
+
+    db = tmp_path / "d.db"
+    c = TopGunClient(DEAD_URL, storage=SQLiteStorage(db), connect=False)
+    await c.start()
+    m = c.get_map("m")
+    store = c.store
+    store.merge_lww("m", [("k", LWWRecord("remote", Timestamp(1_000, 0, "srv"))),
+                          ("r", LWWRecord("remote-only", Timestamp(1_000, 1, "srv")))])
+    assert m.get("k") == "remote"
+    probe = SQLiteStorage(db)
+    probe.open()
+    assert probe.load_lww("m") == []  # held back for a moment, not yet written
+    m.set("k", "local")  # newer; committed on its own right away
+    assert dict(probe.load_lww("m"))["k"].value == "local"
+    await asyncio.sleep(store.defer_delay * 4)
+    rows = dict(probe.load_lww("m"))
+    assert rows["k"].value == "local" and rows["r"].value == "remote-only"
+    store.merge_lww("m", [("z", LWWRecord(1, Timestamp(1_000, 2, "srv")))])
+    await c.close()  # close writes what is still held back
+    assert dict(probe.load_lww("m"))["z"].value == 1
+    probe.close()
