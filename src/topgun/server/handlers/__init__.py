@@ -82,6 +82,11 @@ class CoreServices:
         return grid
 
     @property
+    def loaded_grid(self) -> Grid | None:
+        """The grid, or ``None`` before start-up (for code that may run earlier)."""
+        return self._grid
+
+    @property
     def committer(self) -> GroupCommitter | None:
         return self._grid.committer if self._grid is not None else None
 
