@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
+from typing import Any
 
 from topgun.client.counter import CounterHandle, counters_of
 from topgun.client.engine import Handler, SyncEngine
 from topgun.client.lock import LockHandle, locks_of
 from topgun.client.maps import LWWMapHandle, ORMapHandle
+from topgun.client.query import QueryHandle, queries_of
 from topgun.client.state import ConnectionState
 from topgun.client.storage.base import ClientStorage
 from topgun.client.storage.memory import MemoryStorage
@@ -200,6 +202,31 @@ class TopGunClient:
         """The PN-counter ``name`` (one handle per name; works offline; see :mod:`topgun.client.counter`)."""
         self._require_open()
         return counters_of(self).counter(name)
+
+    def query(
+        self,
+        map_name: str,
+        *,
+        where: Mapping[str, Any] | None = None,
+        predicate: Mapping[str, Any] | None = None,
+        sort: Any = None,
+        limit: int | None = None,
+        fields: Sequence[str] | None = None,
+        cursor: str | None = None,
+        group_by: Sequence[str] | None = None,
+        aggregations: Sequence[Any] | None = None,
+    ) -> QueryHandle:
+        """A live query over the LWW map ``map_name`` (see :mod:`topgun.client.query`).
+
+        ``predicate`` is a tree built with :class:`topgun.P`; ``sort`` is ``[(field, "asc"|"desc")]``
+        (or the wire forms). Results are evaluated locally at once (also offline) and reconciled
+        with the server's snapshot and updates while connected.
+        """
+        self._require_open()
+        return queries_of(self).query(
+            map_name, where=where, predicate=predicate, sort=sort, limit=limit, fields=fields,
+            cursor=cursor, group_by=group_by, aggregations=aggregations,
+        )
 
     def _map_opened(self, name: str) -> None:
         # §5.4: a map opened while connected is synced right away.

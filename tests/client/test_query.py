@@ -1,0 +1,174 @@
+"""``client.query(...)``: local evaluation (also offline), reconciliation with the server's
+snapshot and updates, change callbacks and async iteration, re-subscription after a restart —
+against in-process servers and real ``topgun serve`` processes on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from topgun import P
+from topgun.client import ConnectionSettings, MemoryStorage, SQLiteStorage, TopGunClient
+from topgun.client.query import QueryChange
+from topgun.protocol.messages import ChangeType
+
+pytestmark = pytest.mark.timeout(120)
+
+FAST = ConnectionSettings(backoff_base=0.05, backoff_max=0.3, open_timeout=2.0)
+
+
+async def until(pred: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def mem_server() -> AsyncIterator[Any]:
+    from topgun.server.app import TopGunServer
+
+    srv = TopGunServer(port=0, storage=f"memory://q-{uuid.uuid4().hex}")
+    await srv.start()
+    try:
+        yield srv
+    finally:
+        await srv.stop()
+
+
+async def connected(url: str, **kw: Any) -> TopGunClient:
+    kw.setdefault("storage", MemoryStorage())
+    c = TopGunClient(url, settings=FAST, **kw)
+    await c.start()
+    await c.wait_connected(10)
+    return c
+
+
+def keys(q: Any) -> list[str]:
+    return [k for k, _ in q.results]
+
+
+async def test_offline_query_over_the_local_replica() -> None:
+    c = TopGunClient("ws://127.0.0.1:9/ws", storage=MemoryStorage(), connect=False)
+    await c.start()
+    try:
+        todos = c.get_map("todos")
+        todos.set("a", {"done": False, "prio": 3})
+        todos.set("b", {"done": True, "prio": 9})
+        todos.set("c", {"done": False, "prio": 7})
+        todos.set("d", {"done": False, "prio": 1})
+        q = c.query("todos", predicate=P.and_(P.eq("done", False), P.gt("prio", 2)),
+                    sort=[("prio", "desc")], limit=20)
+        assert q.results == [("c", {"done": False, "prio": 7}), ("a", {"done": False, "prio": 3})]
+        assert not q.settled
+        seen: list[QueryChange] = []
+        off = q.subscribe(seen.append)
+        todos.set("e", {"done": False, "prio": 5})
+        todos.remove("c")
+        todos.set("a", {"done": False, "prio": 4})
+        todos.set("d", {"done": False, "prio": 2.5})
+        assert keys(q) == ["e", "a", "d"]
+        assert [(ch.change_type, ch.key) for ch in seen] == [
+            (ChangeType.ENTER, "e"), (ChangeType.LEAVE, "c"),
+            (ChangeType.UPDATE, "a"), (ChangeType.ENTER, "d"),
+        ]
+        off()
+        # where + limit + projection
+        q2 = c.query("todos", where={"done": False}, sort=[("prio", "asc")], limit=2, fields=["prio"])
+        assert q2.results == [("d", {"prio": 2.5}), ("a", {"prio": 4})]
+        q.close()
+        q2.close()
+        assert q.closed
+    finally:
+        await c.close()
+
+
+async def test_query_sees_other_clients_and_server_rows(mem_server: Any) -> None:
+    a = await connected(mem_server.url)
+    b = await connected(mem_server.url)
+    try:
+        for i in range(5):
+            a.get_map("scores").set(f"p{i}", {"score": i * 10})
+        await a.flush()
+        q = b.query("scores", sort=[("score", "desc")], limit=3)
+        await q.wait_settled()
+        await until(lambda: keys(q) == ["p4", "p3", "p2"], what="snapshot")
+        assert q.has_more is True and q.next_cursor
+        changes: list[QueryChange] = []
+
+        async def consume() -> None:
+            async for ch in q:
+                changes.append(ch)
+
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(0)
+        a.get_map("scores").set("x", {"score": 35})  # displaces p2
+        await until(lambda: keys(q) == ["p4", "x", "p3"], what="displacement")
+        a.get_map("scores").remove("p4")
+        await until(lambda: keys(q) == ["x", "p3", "p2"], what="refill")
+        b.get_map("scores").set("mine", {"score": 100})  # own write: evaluated locally at once
+        assert keys(q)[0] == "mine"
+        q.close()
+        await asyncio.wait_for(task, 5)
+        assert ChangeType.LEAVE in {c.change_type for c in changes}
+        assert ("x", ChangeType.ENTER) in {(c.key, c.change_type) for c in changes}
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_server_only_rows_and_server_errors(mem_server: Any) -> None:
+    a = await connected(mem_server.url)
+    b = await connected(mem_server.url)
+    try:
+        for i in range(4):
+            a.get_map("sales").set(f"s{i}", {"region": "n" if i % 2 else "s", "amount": i})
+        await a.flush()
+        g = b.query("sales", group_by=["region"], aggregations=[("sum", "amount")])
+        await g.wait_settled()
+        assert {v["region"]: v["__sum_amount"] for _, v in g.results} == {"n": 4, "s": 2}
+        bad = b.query("sales", predicate=P.regex("region", "(a)\\1"))
+        await bad.wait_settled()
+        assert bad.error is not None and bad.error.code == "INVALID_QUERY"
+        # a cursor page is server-only too
+        p1 = b.query("sales", sort=[("amount", "asc")], limit=2)
+        await p1.wait_settled()
+        p2 = b.query("sales", sort=[("amount", "asc")], limit=2, cursor=p1.next_cursor)
+        await p2.wait_settled()
+        assert keys(p2) == ["s2", "s3"] and p2.cursor_status == "valid"
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_query_resubscribes_after_server_restart(server_process: Any, tmp_path: Any) -> None:
+    sp = server_process()
+    await sp.start()
+    writer = await connected(sp.url)
+    reader = await connected(sp.url, storage=SQLiteStorage(str(tmp_path / "reader.db")))
+    try:
+        writer.get_map("jobs").set("j1", {"state": "open", "n": 1})
+        await writer.flush()
+        q = reader.query("jobs", where={"state": "open"})
+        await until(lambda: keys(q) == ["j1"], what="first result")
+        await sp.kill()
+        await until(lambda: not reader.connected, what="reader offline")
+        # offline: local writes still show up
+        reader.get_map("jobs").set("local", {"state": "open", "n": 0})
+        assert set(keys(q)) == {"j1", "local"}
+        await sp.start()
+        await reader.wait_connected(20)
+        await writer.wait_connected(20)
+        writer.get_map("jobs").set("j2", {"state": "open", "n": 2})
+        await writer.flush()
+        await until(lambda: set(keys(q)) == {"j1", "j2", "local"}, timeout=20, what="update after restart")
+        writer.get_map("jobs").set("j1", {"state": "done", "n": 1})
+        await until(lambda: set(keys(q)) == {"j2", "local"}, timeout=20, what="leave after restart")
+    finally:
+        await writer.close()
+        await reader.close()
