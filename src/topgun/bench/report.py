@@ -1,0 +1,180 @@
+"""Reporting for ``topgun bench``: the summary table (rich), the machine description, JSON and the plot."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from typing import Any
+
+__all__ = ["machine", "markdown_table", "plot", "summary_table"]
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on: CPU, cores, memory, load, Python, commit."""
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cores": os.cpu_count(),
+    }
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        import psutil
+
+        info["memory_gib"] = round(psutil.virtual_memory().total / 2**30, 1)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        info["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # pragma: no cover
+        pass
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        info["commit"] = (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+            ).stdout.strip()
+            or None
+        )
+    except (OSError, subprocess.SubprocessError):
+        info["commit"] = None
+    return info
+
+
+def _num(v: float | None, digits: int = 0) -> str:
+    if v is None:
+        return "—"
+    return f"{v:,.{digits}f}"
+
+
+def _ours(r: dict[str, Any]) -> str:
+    if r["scenario"] == "memory":
+        return f"{_num(r['ours'])} MiB"
+    if r["scenario"] == "connections":
+        d = r["details"]
+        return f"{_num(r['ours'])} in {d['connect_seconds']:.1f} s, RSS {_num(d['server_rss_mib'])} MiB"
+    if r["scenario"] == "sync":
+        d = r["details"]
+        return (
+            f"{_num(r['ours'])} rec/s ({d['initial_seconds']:.2f} s); 1% catch-up "
+            f"{d['catchup_seconds'] * 1000:.0f} ms"
+        )
+    return f"{_num(r['ours'])} {r['metric'].split()[-1]}"
+
+
+def _lat(r: dict[str, Any]) -> str:
+    lat = r.get("latency_ms")
+    if not lat:
+        return ""
+    return f"p50 {lat['p50']:.2f} / p95 {lat['p95']:.2f} / p99 {lat['p99']:.2f} / max {lat['max']:.1f} ms"
+
+
+def _cells(r: dict[str, Any]) -> list[str]:
+    base = r["baseline_note"] or "—"
+    if r["baseline_value"] is not None:
+        base = f"{_num(r['baseline_value'])} ({r['baseline']})"
+    met = {True: "yes", False: "NO", None: "—"}[r["met"]]
+    cpu = f"{_num(r['server_cpu_pct'])} % / {_num(r['client_cpu_pct'])} %"
+    return [
+        r["scenario"],
+        r["storage"],
+        r["ack"] or "",
+        _ours(r),
+        base,
+        "—" if r["ratio"] is None else f"{r['ratio']:.2f}x",
+        _lat(r),
+        cpu,
+        f"{met} ({r['target']})",
+    ]
+
+
+_HEADERS = [
+    "scenario",
+    "storage",
+    "ack",
+    "ours",
+    "baseline",
+    "ratio",
+    "latency",
+    "CPU server / client",
+    "target met",
+]
+
+
+def summary_table(rows: list[dict[str, Any]]) -> Any:
+    """A :class:`rich.table.Table` of the result rows."""
+    from rich.table import Table
+
+    t = Table(title="topgun bench", show_lines=False)
+    for h in _HEADERS:
+        t.add_column(h, overflow="fold")
+    for r in rows:
+        t.add_row(*_cells(r))
+    return t
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The result rows as a Markdown table (for ``docs/benchmarks.md``)."""
+    lines = ["| " + " | ".join(_HEADERS) + " |", "|" + "---|" * len(_HEADERS)]
+    for r in rows:
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in _cells(r)) + " |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], path: str, title: str = "topgun bench") -> None:
+    """Draw throughput (ours vs baseline) and latency percentiles per scenario into ``path`` (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tp = [
+        r
+        for r in rows
+        if r["scenario"] in ("fire-and-forget", "fire-and-wait", "fan-out", "sync") and r["ours"] is not None
+    ]
+    lat = [r for r in rows if r.get("latency_ms")]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 5.5))
+    labels = [f"{r['scenario']}\n{r['storage']} {r['ack'] or ''}".strip() for r in tp]
+    xs = range(len(tp))
+    w = 0.4
+    ax1.bar([x - w / 2 for x in xs], [r["ours"] for r in tp], w, label="topgun", color="#2a7ab9")
+    ax1.bar(
+        [x + w / 2 for x in xs], [r["baseline_value"] or 0 for r in tp], w, label="baseline", color="#c9772b"
+    )
+    for x, r in zip(xs, tp, strict=True):
+        if r["ratio"] is not None:
+            ax1.annotate(f"{r['ratio']:.2f}x", (x - w / 2, r["ours"]), ha="center", va="bottom", fontsize=8)
+    ax1.set_xticks(list(xs))
+    ax1.set_xticklabels(labels, fontsize=7)
+    ax1.set_yscale("log")
+    ax1.set_ylabel("per second (log): ops acked / deliveries / records")
+    ax1.set_title("throughput")
+    ax1.legend()
+    llabels = [f"{r['scenario']}\n{r['storage']} {r['ack'] or ''}".strip() for r in lat]
+    lx = range(len(lat))
+    for i, (p, color) in enumerate((("p50", "#7fb800"), ("p99", "#f6511d"), ("max", "#999999"))):
+        ax2.bar(
+            [x + (i - 1) * 0.27 for x in lx],
+            [max(r["latency_ms"][p], 1e-3) for r in lat],
+            0.27,
+            label=p,
+            color=color,
+        )
+    ax2.set_xticks(list(lx))
+    ax2.set_xticklabels(llabels, fontsize=7)
+    ax2.set_yscale("log")
+    ax2.set_ylabel("ms (log)")
+    ax2.set_title("latency")
+    ax2.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

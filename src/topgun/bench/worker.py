@@ -1,0 +1,650 @@
+"""The load-generator process of ``topgun bench`` (``python -m topgun.bench.worker MODE JSON``).
+
+It runs in its own process (picows client on uvloop) so the figures measure
+the server, and reports to the parent through JSON lines on stdout:
+``{"event": "ready"}``, ``{"event": "start"}`` (measurement window opens),
+``{"event": "progress", "n": …}``, ``{"event": "end"}`` and finally one
+``{"event": "result", …}`` line carrying the counts, its own CPU seconds over
+the window and latency histograms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import resource
+import struct
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+
+from topgun.bench.frames import BatchTemplate, auth_frame, encode, wall_millis
+from topgun.bench.histogram import Histogram
+
+__all__ = ["main"]
+
+_Q = struct.Struct(">Q")
+_T_PLACE = 0x5B5B_0000_0000_0001
+_T_MARK = b"\xa1t\xcf"
+_BINARY = WSMsgType.BINARY
+
+
+def emit(event: str, **fields: Any) -> None:
+    """Write one JSON line to the parent."""
+    fields["event"] = event
+    sys.stdout.write(json.dumps(fields) + "\n")
+    sys.stdout.flush()
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+class Conn(WSListener):  # type: ignore[misc]
+    """One client connection: authenticates, then hands every binary frame to ``on_message``."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+        self.transport: WSTransport | None = None
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.on_message: Callable[[bytes], None] | None = None
+        self.closed = False
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+        transport.send(_BINARY, auth_frame(self.token))
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self.closed = True
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError("disconnected before AUTH_ACK"))
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if frame.msg_type is not _BINARY:
+            return
+        data = frame.get_payload_as_bytes()
+        handler = self.on_message
+        if handler is not None:
+            handler(data)
+            return
+        if not self.ready.done():
+            if b"AUTH_ACK" in data:
+                self.ready.set_result(None)
+            elif b"AUTH_FAIL" in data:
+                self.ready.set_exception(ConnectionError("AUTH_FAIL"))
+
+    def send(self, data: bytes | bytearray) -> None:
+        """Send one binary frame."""
+        assert self.transport is not None
+        self.transport.send(_BINARY, data)
+
+
+async def connect(url: str, token: str) -> Conn:
+    """Open one authenticated connection."""
+    _t, listener = await ws_connect(lambda: Conn(token), url, websocket_handshake_timeout=30)
+    conn: Conn = listener  # type: ignore[assignment]
+    await conn.ready
+    return conn
+
+
+async def connect_many(url: str, token: str, n: int, concurrency: int = 256) -> list[Conn]:
+    """Open ``n`` authenticated connections, at most ``concurrency`` handshakes at a time."""
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one() -> Conn:
+        async with sem:
+            return await connect(url, token)
+
+    return list(await asyncio.gather(*(one() for _ in range(n))))
+
+
+async def window(warmup: float, duration: float, count: Callable[[], int]) -> tuple[int, float, float]:
+    """Warm up, then measure ``count()`` over ``duration``; emits start/progress/end events.
+
+    Returns ``(n, seconds, client_cpu_seconds)``.
+    """
+    await asyncio.sleep(warmup)
+    n0, t0, c0 = count(), time.perf_counter(), cpu_seconds()
+    emit("start")
+    end = t0 + duration
+    while True:
+        now = time.perf_counter()
+        if now >= end:
+            break
+        await asyncio.sleep(min(0.25, end - now))
+        emit("progress", n=count() - n0, t=time.perf_counter() - t0)
+    n1, t1, c1 = count(), time.perf_counter(), cpu_seconds()
+    emit("end")
+    return n1 - n0, t1 - t0, c1 - c0
+
+
+def _close(conns: list[Conn]) -> None:
+    for c in conns:
+        if c.transport is not None and not c.closed:
+            c.transport.disconnect()
+
+
+def _ack_ok(data: bytes) -> tuple[bool, int, int]:
+    """``(is_ack, ops_succeeded, ops_failed)`` of a server frame."""
+    msg = msgpack.unpackb(data)
+    kind = msg.get("type")
+    if kind == "OP_ACK":
+        results = msg["payload"].get("results") or []
+        ok = sum(1 for r in results if r.get("success"))
+        return True, ok, len(results) - ok
+    return False, 0, 0
+
+
+async def fire_and_forget(a: dict[str, Any]) -> dict[str, Any]:
+    """C connections stream OP_BATCH frames of B ops, ``window`` batches in flight each; counts acked ops."""
+    conns = await connect_many(a["url"], a["token"], a["connections"])
+    batch, keyspace, inflight = a["batch"], a["keyspace"], a["window"]
+    state = {"acked": 0, "failed": 0, "rejected": 0}
+    seq = [0]
+
+    def make(ci: int, conn: Conn) -> None:
+        node = f"bench-ff-{os.getpid()}-{ci}"
+        map_name = f"bench-ff-{a['run']}-{os.getpid()}-{ci}"
+        templates = [
+            BatchTemplate(
+                map_name,
+                [f"k{j:07d}" for j in range(f * batch, (f + 1) * batch)],
+                {"n": ci, "v": "x" * 40},
+                node_id=node,
+                write_concern=a["ack"],
+            )
+            for f in range(max(1, keyspace // batch))
+        ]
+        pos = [0]
+
+        def send_next() -> None:
+            t = templates[pos[0] % len(templates)]
+            pos[0] += 1
+            seq[0] += 1
+            conn.send(t.stamp(wall_millis(), seq[0]))
+
+        def on_message(data: bytes) -> None:
+            is_ack, ok, bad = _ack_ok(data)
+            if is_ack:
+                state["acked"] += ok
+                state["failed"] += bad
+                send_next()
+            elif b"OP_REJECTED" in data:
+                state["rejected"] += 1
+
+        conn.on_message = on_message
+        for _ in range(inflight):
+            send_next()
+
+    emit("ready")
+    for ci, conn in enumerate(conns):
+        make(ci, conn)
+    n, secs, cpu = await window(a["warmup"], a["duration"], lambda: state["acked"])
+    _close(conns)
+    return {
+        "ops": n,
+        "seconds": secs,
+        "client_cpu": cpu,
+        "failed": state["failed"],
+        "rejected": state["rejected"],
+    }
+
+
+async def fire_and_wait(a: dict[str, Any]) -> dict[str, Any]:
+    """C connections each send one CLIENT_OP and wait for its OP_ACK before the next; latency histogram."""
+    conns = await connect_many(a["url"], a["token"], a["connections"])
+    state = {"acked": 0, "failed": 0, "measuring": False}
+    hist = Histogram()
+    seq = [0]
+    perf_ns = time.perf_counter_ns
+
+    def make(ci: int, conn: Conn) -> None:
+        t = BatchTemplate(
+            f"bench-fw-{a['run']}-{os.getpid()}-{ci}",
+            ["k"],
+            {"n": ci, "v": "x" * 40},
+            node_id=f"bench-fw-{os.getpid()}-{ci}",
+            write_concern=a["ack"],
+            single=True,
+        )
+        sent = [0]
+
+        def send_next() -> None:
+            seq[0] += 1
+            frame = t.stamp(wall_millis(), seq[0])
+            sent[0] = perf_ns()
+            conn.send(frame)
+
+        def on_message(data: bytes) -> None:
+            if b"OP_ACK" in data:
+                now = perf_ns()
+                is_ack, ok, bad = _ack_ok(data)
+                if is_ack:
+                    state["acked"] += ok
+                    state["failed"] += bad
+                    if state["measuring"]:
+                        hist.record(now - sent[0])
+                    send_next()
+
+        conn.on_message = on_message
+        send_next()
+
+    emit("ready")
+    for ci, conn in enumerate(conns):
+        make(ci, conn)
+
+    def count() -> int:
+        state["measuring"] = True
+        return state["acked"]
+
+    n, secs, cpu = await window(a["warmup"], a["duration"], count)
+    state["measuring"] = False
+    _close(conns)
+    return {
+        "ops": n,
+        "seconds": secs,
+        "client_cpu": cpu,
+        "failed": state["failed"],
+        "latency": hist.to_json(),
+    }
+
+
+async def _subscribe(conn: Conn, map_name: str, qid: str) -> str:
+    """Open a live query on ``map_name``; falls back to ``SYNC_INIT`` (push interest) when queries are absent.
+
+    Returns ``"query"`` or ``"sync"``: which mechanism the connection listens with.
+    """
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[str] = loop.create_future()
+
+    def on_message(data: bytes) -> None:
+        if fut.done():
+            return
+        if b"QUERY_RESP" in data:
+            fut.set_result("query")
+        elif b"ERROR" in data:
+            fut.set_result("error")
+
+    conn.on_message = on_message
+    conn.send(encode({"type": "QUERY_SUB", "payload": {"queryId": qid, "mapName": map_name, "query": {}}}))
+    how = await asyncio.wait_for(fut, 60)
+    if how == "query":
+        return how
+    fut2: asyncio.Future[str] = loop.create_future()
+
+    def on_root(data: bytes) -> None:
+        if not fut2.done() and b"SYNC_RESP_ROOT" in data:
+            fut2.set_result("sync")
+
+    conn.on_message = on_root
+    conn.send(encode({"type": "SYNC_INIT", "mapName": map_name}))
+    return await asyncio.wait_for(fut2, 60)
+
+
+async def fan_out(a: dict[str, Any]) -> dict[str, Any]:
+    """W writers write at ``rate``/s into one map; S subscribers with live queries receive every write."""
+    map_name = f"bench-fanout-{a['run']}"
+    subs = await connect_many(a["url"], a["token"], a["subscribers"])
+    hows = await asyncio.gather(*(_subscribe(c, map_name, f"q{i}") for i, c in enumerate(subs)))
+    mode = "query" if all(h == "query" for h in hows) else "sync"
+    marker = b"QUERY_UPDATE" if mode == "query" else b"SERVER_"
+    writers = await connect_many(a["url"], a["token"], a["writers"])
+    hist = Histogram()
+    state = {"deliveries": 0, "writes": 0, "acked": 0, "measuring": False}
+    perf_ns = time.perf_counter_ns
+    unpack_q = _Q.unpack_from
+
+    def on_push(data: bytes) -> None:
+        if marker not in data:
+            return
+        now = perf_ns()
+        i = data.find(_T_MARK)
+        while i >= 0:
+            state["deliveries"] += 1
+            if state["measuring"]:
+                hist.record(now - unpack_q(data, i + 3)[0])
+            i = data.find(_T_MARK, i + 11)
+
+    for c in subs:
+        c.on_message = on_push
+    templates = []
+    for wi, w in enumerate(writers):
+        t = BatchTemplate(
+            map_name,
+            ["k"],
+            {"t": _T_PLACE},
+            node_id=f"bench-fo-{os.getpid()}-{wi}",
+            write_concern="APPLIED",
+            single=True,
+        )
+        off = bytes(t.frame).index(b"\xcf" + _Q.pack(_T_PLACE)) + 1
+        templates.append((w, t, off))
+
+        def on_ack(data: bytes) -> None:
+            if b"OP_ACK" in data:
+                state["acked"] += 1
+
+        w.on_message = on_ack
+    emit("ready")
+    stop = asyncio.Event()
+
+    async def pace() -> None:
+        interval = 1.0 / a["rate"]
+        seq = 0
+        next_t = time.perf_counter()
+        while not stop.is_set():
+            for w, t, off in templates:
+                seq += 1
+                frame = t.stamp(wall_millis(), seq)
+                _Q.pack_into(frame, off, perf_ns())
+                w.send(frame)
+                if state["measuring"]:
+                    state["writes"] += 1
+                next_t += interval / len(templates) * 1
+            now = time.perf_counter()
+            if next_t > now:
+                await asyncio.sleep(next_t - now)
+            elif now - next_t > 1.0:  # fell far behind: do not burst to catch up
+                next_t = now
+
+    pacer = asyncio.create_task(pace())
+
+    def count() -> int:
+        state["measuring"] = True
+        return state["deliveries"]
+
+    n, secs, cpu = await window(a["warmup"], a["duration"], count)
+    writes = state["writes"]
+    state["measuring"] = False
+    stop.set()
+    await pacer
+    _close(subs + writers)
+    return {
+        "deliveries": n,
+        "seconds": secs,
+        "client_cpu": cpu,
+        "writes": writes,
+        "mode": mode,
+        "subscribers": len(subs),
+        "latency": hist.to_json(),
+        "expected": writes * len(subs),
+    }
+
+
+async def connections(a: dict[str, Any]) -> dict[str, Any]:
+    """Open N authenticated connections, each with one live query; hold them while the parent samples RSS."""
+    t0 = time.perf_counter()
+    c0 = cpu_seconds()
+    emit("start")
+    conns: list[Conn] = []
+    sem = asyncio.Semaphore(a["concurrency"])
+    hows: dict[str, int] = {}
+
+    async def one(i: int) -> None:
+        async with sem:
+            c = await connect(a["url"], a["token"])
+            conns.append(c)
+            how = await _subscribe(c, f"bench-conns-{a['run']}-{i % 100}", f"q{i}")
+            hows[how] = hows.get(how, 0) + 1
+            c.on_message = _ignore
+
+    async def progress() -> None:
+        while True:
+            await asyncio.sleep(0.25)
+            emit("progress", n=len(conns), t=time.perf_counter() - t0)
+
+    prog = asyncio.create_task(progress())
+    results = await asyncio.gather(*(one(i) for i in range(a["n"])), return_exceptions=True)
+    elapsed = time.perf_counter() - t0
+    prog.cancel()
+    errors = [repr(r) for r in results if isinstance(r, BaseException)]
+    cpu = cpu_seconds() - c0
+    emit("end")
+    emit("hold", connected=len(conns), seconds=elapsed)
+    await asyncio.sleep(a["hold"])
+    open_now = sum(1 for c in conns if not c.closed)
+    _close(conns)
+    return {
+        "connected": sum(hows.values()),
+        "opened": len(conns),
+        "still_open": open_now,
+        "seconds": elapsed,
+        "client_cpu": cpu,
+        "errors": errors[:5],
+        "error_count": len(errors),
+        "modes": hows,
+    }
+
+
+def _ignore(data: bytes) -> None:
+    return None
+
+
+async def _load(
+    conn: Conn,
+    map_name: str,
+    keys: list[str],
+    value_of: Callable[[int], Any],
+    batch: int,
+    ack: str,
+    node: str,
+    inflight: int = 4,
+    first: int = 0,
+) -> int:
+    """Write ``keys`` (value ``value_of(i)``) through ``conn`` in OP_BATCHes; returns ops acknowledged."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    frames: list[bytes] = []
+    millis = wall_millis()
+    for s in range(0, len(keys), batch):
+        ops = [
+            {
+                "id": str(s + j + 1),
+                "mapName": map_name,
+                "key": k,
+                "opType": "PUT",
+                "record": {
+                    "value": value_of(first + s + j),
+                    "timestamp": {"millis": millis, "counter": s + j, "nodeId": node},
+                },
+            }
+            for j, k in enumerate(keys[s : s + batch])
+        ]
+        frames.append(encode({"type": "OP_BATCH", "payload": {"ops": ops, "writeConcern": ack}}))
+    state = {"next": 0, "acked": 0, "out": 0}
+
+    def pump() -> None:
+        while state["out"] < inflight and state["next"] < len(frames):
+            conn.send(frames[state["next"]])
+            state["next"] += 1
+            state["out"] += 1
+        if state["out"] == 0 and not done.done():
+            done.set_result(None)
+
+    def on_message(data: bytes) -> None:
+        is_ack, ok, _bad = _ack_ok(data)
+        if is_ack:
+            state["acked"] += ok
+            state["out"] -= 1
+            pump()
+
+    conn.on_message = on_message
+    pump()
+    await done
+    return state["acked"]
+
+
+def _value(i: int) -> str:
+    # About 100 bytes, different per record so no two values share memory in the server.
+    return f"{i:010d}" + "v" * 90
+
+
+async def fill(a: dict[str, Any]) -> dict[str, Any]:
+    """Write ``records`` LWW records of ~100-byte values into one map (the memory scenario's load)."""
+    conn = await connect(a["url"], a["token"])
+    emit("ready")
+    t0, c0 = time.perf_counter(), cpu_seconds()
+    emit("start")
+    total = 0
+    step = 100_000
+    for s in range(0, a["records"], step):
+        keys = [f"r{i:09d}" for i in range(s, min(s + step, a["records"]))]
+        total += await _load(conn, a["map"], keys, _value, a["batch"], a["ack"], "bench-fill", first=s)
+        emit("progress", n=total, t=time.perf_counter() - t0)
+    secs, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+    emit("end")
+    _close([conn])
+    return {"records": total, "seconds": secs, "client_cpu": cpu}
+
+
+async def _walk(conn: Conn, map_name: str, local: Any | None) -> tuple[dict[str, Any], int]:
+    """One Merkle sync walk; returns the records received (key → record dict) and the requests sent.
+
+    With ``local`` (a :class:`~topgun.core.merkle.MerkleTree` of what the
+    client already holds) only buckets whose hash differs are descended.
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    records: dict[str, Any] = {}
+    state = {"out": 0, "requests": 0}
+
+    def request(path: str) -> None:
+        state["out"] += 1
+        state["requests"] += 1
+        conn.send(encode({"type": "MERKLE_REQ_BUCKET", "payload": {"mapName": map_name, "path": path}}))
+
+    def finish_one() -> None:
+        state["out"] -= 1
+        if state["out"] == 0 and not done.done():
+            done.set_result(None)
+
+    def on_message(data: bytes) -> None:
+        msg = msgpack.unpackb(data)
+        kind = msg.get("type")
+        p = msg.get("payload") or {}
+        if kind == "SYNC_RESP_ROOT":
+            if local is not None and p.get("rootHash") == local.root_hash:
+                finish_one()
+                return
+            request("")
+            finish_one()
+        elif kind == "SYNC_RESP_BUCKETS":
+            path = p["path"]
+            mine = local.buckets(path) if local is not None else {}
+            for child, h in p["buckets"].items():
+                if mine.get(child) != h:
+                    request(path + child)
+            finish_one()
+        elif kind == "SYNC_RESP_LEAF":
+            for item in p["records"]:
+                records[item["key"]] = item["record"]
+            finish_one()
+
+    conn.on_message = on_message
+    state["out"] += 1
+    conn.send(encode({"type": "SYNC_INIT", "mapName": map_name}))
+    await done
+    return records, state["requests"]
+
+
+async def sync(a: dict[str, Any]) -> dict[str, Any]:
+    """Initial Merkle sync of an R-record map, then catch-up after 1 % of it changed."""
+    from topgun.core.hashing import lww_item_hash
+    from topgun.core.merkle import MerkleTree
+    from topgun.core.records import Timestamp
+
+    map_name = f"bench-sync-{a['run']}"
+    r = a["records"]
+    loader = await connect(a["url"], a["token"])
+    keys = [f"s{i:08d}" for i in range(r)]
+    t0 = time.perf_counter()
+    loaded = await _load(
+        loader, map_name, keys, lambda i: {"n": i, "v": "x" * 40}, 1000, a["ack"], "bench-sync-a"
+    )
+    load_s = time.perf_counter() - t0
+    emit("progress", n=loaded, t=load_s)
+    syncer = await connect(a["url"], a["token"])
+    emit("ready")
+    emit("start")
+    c0 = cpu_seconds()
+    t0 = time.perf_counter()
+    got, requests = await _walk(syncer, map_name, None)
+    initial_s = time.perf_counter() - t0
+    tree = MerkleTree()
+    tree.update_many(
+        [
+            (
+                k,
+                lww_item_hash(
+                    k,
+                    Timestamp(
+                        rec["timestamp"]["millis"], rec["timestamp"]["counter"], rec["timestamp"]["nodeId"]
+                    ),
+                ),
+            )
+            for k, rec in got.items()
+        ]
+    )
+    changed = max(1, r // 100)
+    step = max(1, r // changed)
+    ckeys = keys[::step][:changed]
+    await _load(loader, map_name, ckeys, lambda i: {"n": -i, "v": "y" * 40}, 1000, a["ack"], "bench-sync-b")
+    t1 = time.perf_counter()
+    got2, requests2 = await _walk(syncer, map_name, tree)
+    catchup_s = time.perf_counter() - t1
+    cpu = cpu_seconds() - c0
+    emit("end")
+    fresh = sum(1 for k in ckeys if k in got2 and got2[k]["timestamp"]["nodeId"] == "bench-sync-b")
+    _close([loader, syncer])
+    return {
+        "records": r,
+        "loaded": loaded,
+        "load_seconds": load_s,
+        "initial_records": len(got),
+        "initial_seconds": initial_s,
+        "initial_requests": requests,
+        "changed": len(ckeys),
+        "catchup_changed_received": fresh,
+        "catchup_records": len(got2),
+        "catchup_seconds": catchup_s,
+        "catchup_requests": requests2,
+        "client_cpu": cpu,
+    }
+
+
+MODES: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "fire-and-forget": fire_and_forget,
+    "fire-and-wait": fire_and_wait,
+    "fan-out": fan_out,
+    "connections": connections,
+    "fill": fill,
+    "sync": sync,
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m topgun.bench.worker MODE JSON_ARGS``."""
+    argv = sys.argv[1:] if argv is None else argv
+    mode, args = argv[0], json.loads(argv[1])
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    try:
+        import uvloop
+
+        runner: Any = uvloop.run
+    except ImportError:  # pragma: no cover
+        runner = asyncio.run
+    result = runner(MODES[mode](args))
+    emit("result", **result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""Smoke runs of ``topgun bench`` so the load harness never rots.
+
+A few seconds each, real server subprocesses, real load workers; no timing
+assertions, only that every scenario produced its figures with sane, non-zero
+counts and that the acknowledged ops add up.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from topgun.bench.histogram import Histogram
+
+pytestmark = pytest.mark.timeout(120)
+
+_SHORT = ["--duration", "1", "--warmup", "0.3", "--quiet"]
+
+
+def _bench(tmp_path: Path, *args: str) -> dict[str, Any]:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "topgun.bench", *args, *_SHORT, "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    doc: dict[str, Any] = json.loads(out.read_text())
+    assert doc["failures"] == []
+    assert doc["machine"]["cores"] >= 1
+    return doc
+
+
+def _by(doc: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(r["scenario"], r["storage"]): r for r in doc["results"]}
+
+
+def test_every_scenario_on_memory(tmp_path: Path) -> None:
+    doc = _bench(
+        tmp_path, "--storage", "memory://", "--no-baselines", "--subscribers", "20", "--rate", "50",
+        "--conns", "60", "--records", "3000", "--memory-records", "5000", "--connections", "4",
+    )
+    rows = _by(doc)
+    assert set(rows) == {
+        (s, "memory") for s in ("fire-and-forget", "fire-and-wait", "fan-out", "connections", "sync", "memory")
+    }
+    ff = rows["fire-and-forget", "memory"]
+    assert ff["ack"] == "APPLIED"
+    assert ff["details"]["acked_ops"] > 0 and ff["details"]["failed"] == 0
+    assert ff["details"]["acked_ops"] % 100 == 0  # whole batches of 100 are acknowledged
+    assert ff["ours"] == pytest.approx(ff["details"]["acked_ops"] / ff["details"]["seconds"])
+    assert ff["server_cpu_pct"] > 0 and ff["client_cpu_pct"] > 0
+
+    fw = rows["fire-and-wait", "memory"]
+    assert fw["details"]["acked_ops"] > 0 and fw["details"]["failed"] == 0
+    lat = fw["latency_ms"]
+    assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"]
+    assert fw["details"]["samples"] >= fw["details"]["acked_ops"] - 4  # one sample per ack in the window
+
+    fo = rows["fan-out", "memory"]
+    d = fo["details"]
+    assert d["subscribers"] == 20 and d["writes"] > 0
+    # Every write reaches every subscriber (a delivery in flight at the window's edge may fall either side).
+    assert d["expected"] * 0.9 <= d["deliveries"] <= d["expected"] + 2 * 20
+    assert 0 < fo["latency_ms"]["p50"] <= fo["latency_ms"]["p99"]
+
+    co = rows["connections", "memory"]
+    assert co["ours"] == 60 and co["details"]["errors"] == 0
+    assert co["details"]["server_rss_mib"] > 0 and co["details"]["connect_seconds"] > 0
+
+    sy = rows["sync", "memory"]["details"]
+    assert sy["initial_records"] == 3000
+    assert sy["changed"] == 30 and sy["catchup_changed_received"] == 30
+    assert sy["catchup_records"] < sy["initial_records"]  # catch-up fetched only the changed leaves
+
+    mem = rows["memory", "memory"]
+    assert mem["details"]["records"] == 5000 and mem["ours"] > 0
+
+
+def test_sqlite_persisted_writes_and_redis_baseline(tmp_path: Path) -> None:
+    doc = _bench(tmp_path, "fire-and-forget", "fire-and-wait", "--storage", "sqlite://", "--connections", "4")
+    rows = _by(doc)
+    assert set(rows) == {("fire-and-forget", "sqlite"), ("fire-and-wait", "sqlite")}
+    for r in rows.values():
+        assert r["ack"] == "PERSISTED"
+        assert r["details"]["acked_ops"] > 0 and r["details"]["failed"] == 0
+        assert r["ours"] > 0
+    fw = rows["fire-and-wait", "sqlite"]
+    if fw["baseline_value"] is None:  # no Redis here: said plainly, our figure alone
+        assert "not measured" in fw["baseline_note"]
+    else:
+        assert fw["baseline_value"] > 0 and fw["ratio"] == pytest.approx(fw["ours"] / fw["baseline_value"])
+
+
+def test_histogram_percentiles_within_resolution() -> None:
+    h = Histogram()
+    for v in range(1, 100_001):
+        h.record(v * 1000)
+    for p in (50, 95, 99):
+        exact = p * 1000 * 1000
+        assert exact <= h.percentile(p) <= exact * 1.01
+    assert h.percentile(100) == h.max == 100_000_000
+    other = Histogram.from_json(h.to_json())
+    other.merge(h)
+    assert other.total == 200_000 and other.percentile(50) == h.percentile(50)
