@@ -11,6 +11,18 @@ from libc.stdint cimport uint32_t
 from libc.stdlib cimport malloc, free
 from cpython.dict cimport PyDict_GetItem, PyDict_SetItem, PyDict_SetDefault
 
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF, Py_DECREF
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.tuple cimport PyTuple_Check, PyTuple_GET_SIZE, PyTuple_GET_ITEM
+
+from topgun._speedups._hashing cimport c_item_hash
+from topgun._speedups._hlc cimport HLC, ts_cmp
+
+from topgun._speedups._hlc import wall_millis
+from topgun.core.records import LWWRecord
+from topgun.errors import ClockError
+
 cdef extern from "Python.h":
     Py_ssize_t PyDict_GET_SIZE(object)
     int PyDict_Update(object, object) except -1
@@ -24,17 +36,6 @@ cdef extern from *:
     #endif
     """
     dict TG_DICT_PRESIZED(Py_ssize_t n)
-from cpython.object cimport PyObject
-from cpython.ref cimport Py_INCREF, Py_DECREF
-from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
-from cpython.tuple cimport PyTuple_Check, PyTuple_GET_SIZE, PyTuple_GET_ITEM
-
-from topgun._speedups._hashing cimport c_item_hash
-from topgun._speedups._hlc cimport HLC, ts_cmp
-
-from topgun._speedups._hlc import wall_millis
-from topgun.core.records import LWWRecord
-from topgun.errors import ClockError
 
 __all__ = ["LWWMap"]
 
