@@ -9,22 +9,14 @@ the compiled twins (id ``c``) and once against the pure-Python specification
 from __future__ import annotations
 
 import importlib
-import os
 from types import ModuleType
 
 import pytest
 
+from support.twins import TWIN_MODULES, require_extensions
 from topgun import _ext
 
-# name -> (compiled module, pure module)
-TWIN_MODULES: dict[str, tuple[str, str]] = {
-    "hashing": ("topgun._speedups._hashing", "topgun.core._hashing_py"),
-    "hlc": ("topgun._speedups._hlc", "topgun.core._hlc_py"),
-    "lww": ("topgun._speedups._lww", "topgun.core._lww_py"),
-    "merkle": ("topgun._speedups._merkle", "topgun.core._merkle_py"),
-    "codec": ("topgun._speedups._codec", "topgun.protocol._codec_py"),
-}
-
+__all__ = ["TWIN_MODULES", "Twin", "require_extensions"]
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
@@ -83,8 +75,3 @@ def compiled(request: pytest.FixtureRequest) -> Twin:
     if _c_disabled(request.config):
         pytest.skip("compiled twins disabled")
     return Twin("c")
-
-
-def require_extensions() -> bool:
-    """True when the run demands the compiled twins (``TOPGUN_REQUIRE_EXTENSIONS=1``)."""
-    return os.environ.get("TOPGUN_REQUIRE_EXTENSIONS", "").strip().lower() in {"1", "yes", "true"}

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import os
 import signal
 import socket
@@ -21,17 +20,7 @@ from pathlib import Path
 
 import pytest
 
-_spec = importlib.util.spec_from_file_location(
-    "topgun_server_test_conftest", Path(__file__).resolve().parents[1] / "server" / "conftest.py"
-)
-assert _spec is not None and _spec.loader is not None
-_server_conftest = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_server_conftest)
-
-PG_URL: str = _server_conftest.PG_URL
-need_postgres = _server_conftest.need_postgres
-with_query = _server_conftest.with_query
-drop_pg_schema = _server_conftest.drop_pg_schema
+from support.pg import PG_URL, drop_pg_schema, need_postgres, with_query
 
 BACKENDS = ("sqlite", "postgresql")
 

@@ -11,7 +11,7 @@ import importlib
 
 import pytest
 
-from conftest import TWIN_MODULES, require_extensions
+from support.twins import TWIN_MODULES, require_extensions
 from topgun import _ext
 
 

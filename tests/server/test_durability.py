@@ -17,7 +17,7 @@ import pytest
 from gridkit import batch, connect, now_ms, put, serving
 from rawclient import RawClient
 
-from conftest import need_postgres
+from support.pg import need_postgres
 from topgun.server.storage import open_storage
 
 pytestmark = pytest.mark.timeout(120)

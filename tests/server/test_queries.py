@@ -252,7 +252,7 @@ WIRE = settings(max_examples=int(os.environ.get("TOPGUN_QUERY_EXAMPLES", "40")),
 def test_queries_match_oracle_over_the_wire(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    from conftest import StorageUrls, need_postgres
+    from support.pg import StorageUrls, need_postgres
 
     if kind == "postgresql":
         need_postgres()

@@ -1,0 +1,1 @@
+"""Helpers shared across test folders (importable as ``support.*``; ``tests`` is on pythonpath)."""
