@@ -323,6 +323,10 @@ class Grid:
         self._horizons: dict[str, Timestamp] = {}
         self._listeners: list[ChangeListener] = []
         self.committer: GroupCommitter | None = None
+        #: Counter states and lock fencing counters read by ``start()``, for the coordination
+        #: handlers, so that start-up reads storage once.
+        self.loaded_counters: dict[str, Any] = {}
+        self.loaded_fencing: dict[str, int] = {}
         #: ``True`` when the storage is durable (``PERSISTED`` is reachable)
         self.durable = storage.kind is not StorageKind.MEMORY
 
@@ -338,6 +342,8 @@ class Grid:
         assert node_id is not None
         self._hlc = HLC(node_id, max_drift_ms=self.max_drift_ms, wall_clock=self._wall)
         self._load(snapshot)
+        self.loaded_counters = dict(snapshot.counters)
+        self.loaded_fencing = dict(snapshot.fencing)
         target: Storage = self.storage
         if self._commit_observer is not None:
             target = _TimedStorage(self.storage, self._commit_observer)

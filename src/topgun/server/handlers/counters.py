@@ -207,9 +207,16 @@ class CoordinationHandlers:
 
     async def _startup(self, server: Any) -> None:
         storage = server.storage
-        snapshot = await storage.load()
-        self.counters.load(snapshot.counters)
-        self.locks.load(snapshot.fencing)
+        core = getattr(server, "core", None)
+        grid = core.loaded_grid if core is not None else None
+        if grid is not None:
+            # The grid already read the whole storage at start-up; don't read it twice.
+            self.counters.load(grid.loaded_counters)
+            self.locks.load(grid.loaded_fencing)
+        else:
+            snapshot = await storage.load()
+            self.counters.load(snapshot.counters)
+            self.locks.load(snapshot.fencing)
         if self.committer() is None:
             self._own = GroupCommitter(storage)
             self._own.start()
