@@ -47,7 +47,6 @@ __all__ = [
     "OPS",
     "REGEX_MAX_NODES",
     "REGEX_MAX_PATTERN",
-    "DescKey",
     "InvalidPredicateError",
     "P",
     "SafeRegex",
@@ -64,6 +63,7 @@ __all__ = [
     "select",
     "sort_key",
     "sort_value_key",
+    "sort_value_key_desc",
     "type_name",
     "values_equal",
 ]
@@ -937,47 +937,16 @@ _TYPE_RANK = {"array": 0, "binary": 1, "bool": 2, "ext": 3, "map": 4, "number": 
 _NIL_RANK = 9
 
 
-class _Desc:
-    """Reverses the order of the wrapped key element (for ``desc`` sort keys)."""
-
-    __slots__ = ("k",)
-
-    def __init__(self, k: Any) -> None:
-        self.k = k
-
-    def __lt__(self, other: _Desc) -> bool:
-        return bool(other.k < self.k)
-
-    def __gt__(self, other: _Desc) -> bool:
-        return bool(other.k > self.k)
-
-    def __le__(self, other: _Desc) -> bool:
-        return bool(other.k <= self.k)
-
-    def __ge__(self, other: _Desc) -> bool:
-        return bool(other.k >= self.k)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Desc) and bool(self.k == other.k)
-
-    def __hash__(self) -> int:
-        return hash(self.k)
-
-    def __repr__(self) -> str:
-        return f"Desc({self.k!r})"
-
-
-#: Public name of the ``desc`` wrapper (cursors rebuild sort keys with it).
-DescKey = _Desc
-
-
 def sort_value_key(v: Any) -> tuple[Any, ...]:
     """Ascending key of one sort value (§5.11 item 6): numbers numerically, strings by code
-    point, other type mixes by type name, nil last. Values of the same non-scalar type tie."""
+    point, other type mixes by type name, nil last. Values of the same non-scalar type tie.
+
+    Keys are tuples of plain scalars so that Python compares them at C speed.
+    """
     if v is None:
         return (_NIL_RANK,)
     if isinstance(v, bool):
-        return (2, v)
+        return (2, int(v))
     if isinstance(v, (int, float)):
         if v != v:
             return (5, 1)
@@ -987,6 +956,28 @@ def sort_value_key(v: Any) -> tuple[Any, ...]:
     if isinstance(v, (bytes, bytearray)):
         return (1, bytes(v))
     return (_TYPE_RANK[type_name(v)],)
+
+
+def sort_value_key_desc(v: Any) -> tuple[Any, ...]:
+    """The exact reverse of :func:`sort_value_key`, also as a tuple of plain scalars.
+
+    Every component is negated; strings and byte strings become tuples of negated code
+    points closed by ``1`` (greater than every negated code point), so that a prefix sorts
+    after its extensions, as descending order requires.
+    """
+    if v is None:
+        return (-_NIL_RANK,)
+    if isinstance(v, bool):
+        return (-2, -int(v))
+    if isinstance(v, (int, float)):
+        if v != v:
+            return (-5, -1)
+        return (-5, 0, -v)
+    if isinstance(v, str):
+        return (-6, (*[-ord(c) for c in v], 1))
+    if isinstance(v, (bytes, bytearray)):
+        return (-1, (*[-b for b in v], 1))
+    return (-_TYPE_RANK[type_name(v)],)
 
 
 def normalize_sort(sort: Any) -> list[tuple[str, str]]:
@@ -1020,14 +1011,20 @@ def make_sort_key(sort: Any) -> Callable[[str, Any], tuple[Any, ...]]:
     spec = normalize_sort(sort)
     if not spec:
         return lambda k, v: (k,)
-    getters: list[tuple[str, bool]] = [(f, d == "desc") for f, d in spec]
+    getters: list[tuple[str, Callable[[Any], tuple[Any, ...]], bool]] = [
+        (f, sort_value_key_desc if d == "desc" else sort_value_key, "." in f) for f, d in spec
+    ]
+    if len(getters) == 1:
+        f, conv, dotted = getters[0]
+        if f == "_key":
+            return lambda k, v: (conv(k), k)
+        if not dotted:
+            def key1(k: str, v: Any) -> tuple[Any, ...]:
+                return (conv(v.get(f) if type(v) is dict else None), k)
+            return key1
 
     def key(k: str, v: Any) -> tuple[Any, ...]:
-        parts: list[Any] = []
-        for f, desc in getters:
-            sv = k if f == "_key" else get_field(v, f)
-            e = sort_value_key(sv)
-            parts.append(_Desc(e) if desc else e)
+        parts: list[Any] = [conv(k if f == "_key" else get_field(v, f)) for f, conv, _ in getters]
         parts.append(k)
         return tuple(parts)
 

@@ -5,8 +5,8 @@ A cursor is base64url (no padding) of a JSON object::
     {"v": 1, "f": <fingerprint of where/predicate/sort>, "t": <issue time, epoch ms>,
      "s": [<ascending sort key element of each sort field>], "k": <record key>}
 
-The sort elements are the values of :func:`topgun.core.predicates.sort_value_key`
-(``desc`` wrappers are re-applied on decode from the query's own sort spec).
+The sort elements are the values of :func:`topgun.core.predicates.sort_value_key` (or
+``sort_value_key_desc``): tuples of plain scalars, stored as JSON arrays.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import json
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from topgun.core.predicates import DescKey
 from topgun.protocol.messages import CursorStatus
 
 __all__ = ["CURSOR_TTL_MS", "DecodedCursor", "decode_cursor", "encode_cursor", "fingerprint"]
@@ -34,26 +33,24 @@ def fingerprint(where: Any, predicate: Any, sort: Sequence[tuple[str, str]]) -> 
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _elem_to_json(e: tuple[Any, ...]) -> list[Any]:
-    out: list[Any] = []
-    for x in e:
-        if isinstance(x, bytes):
-            out.append({"y": x.hex()})
-        else:
-            out.append(x)
-    return out
+def _elem_to_json(e: Any) -> Any:
+    if isinstance(e, tuple):
+        return [_elem_to_json(x) for x in e]
+    if isinstance(e, bytes):
+        return {"y": e.hex()}
+    if isinstance(e, float) and (e != e or e in (float("inf"), float("-inf"))):
+        return {"f": repr(e)}
+    return e
 
 
-def _elem_from_json(e: Any) -> tuple[Any, ...]:
-    if not isinstance(e, list):
-        raise ValueError("bad sort element")
-    out: list[Any] = []
-    for x in e:
-        if isinstance(x, dict):
-            out.append(bytes.fromhex(x["y"]))
-        else:
-            out.append(x)
-    return tuple(out)
+def _elem_from_json(e: Any) -> Any:
+    if isinstance(e, list):
+        return tuple(_elem_from_json(x) for x in e)
+    if isinstance(e, dict):
+        if "y" in e:
+            return bytes.fromhex(e["y"])
+        return float(e["f"])
+    return e
 
 
 def encode_cursor(fp: str, sort_key: tuple[Any, ...], now_ms: int) -> str:
@@ -63,7 +60,7 @@ def encode_cursor(fp: str, sort_key: tuple[Any, ...], now_ms: int) -> str:
         "v": 1,
         "f": fp,
         "t": int(now_ms),
-        "s": [_elem_to_json(getattr(e, "k", e)) for e in elems],
+        "s": [_elem_to_json(e) for e in elems],
         "k": key,
     }
     raw = json.dumps(body, separators=(",", ":")).encode()
@@ -95,8 +92,10 @@ def decode_cursor(cursor: str | None, fp: str, sort: Sequence[tuple[str, str]], 
         if now_ms - issued > CURSOR_TTL_MS:
             return DecodedCursor(CursorStatus.EXPIRED, None)
         parts = [_elem_from_json(e) for e in elems]
+        if not all(isinstance(p, tuple) for p in parts):
+            return DecodedCursor(CursorStatus.INVALID, None)
     except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
         return DecodedCursor(CursorStatus.INVALID, None)
-    position = (*(DescKey(p) if d == "desc" else p for p, (_f, d) in zip(parts, sort, strict=True)), key)
+    position = (*parts, key)
     return DecodedCursor(CursorStatus.VALID, position)
 

@@ -186,8 +186,10 @@ def _build(items: list[tuple[Any, Any, Any]]) -> _Node | None:
 class IntervalIndex:
     """Closed intervals ``[low, high]`` (per type class) → payloads, with stabbing queries.
 
-    Open ends are stored as the class's extreme values. The tree is rebuilt lazily after
-    additions/removals, which are rare compared with queries (subscriptions vs writes).
+    Interval ends are plain tuples so comparisons run at C speed: ``(0, x)`` is ``x``,
+    ``(-1,)`` is minus infinity and ``(1,)`` plus infinity (open ends). The tree is rebuilt
+    lazily after additions/removals, which are rare compared with queries (subscriptions vs
+    writes).
     """
 
     __slots__ = ("_dirty", "_entries", "_trees")
@@ -212,9 +214,9 @@ class IntervalIndex:
     def _rebuild(self) -> None:
         per: dict[int, list[tuple[Any, Any, Any]]] = {}
         for payload, (cls, low, high) in self._entries.items():
-            lo = (0, low) if low is not None else (-1, None)
-            hi = (0, high) if high is not None else (1, None)
-            per.setdefault(cls, []).append((_Bound(lo), _Bound(hi), payload))
+            lo = (0, low) if low is not None else (-1,)
+            hi = (0, high) if high is not None else (1,)
+            per.setdefault(cls, []).append((lo, hi, payload))
         self._trees = {cls: _build(items) for cls, items in per.items()}
         self._dirty = False
 
@@ -228,7 +230,7 @@ class IntervalIndex:
         node = self._trees.get(rk[0])
         if node is None:
             return ()
-        v = _Bound((0, rk[1]))
+        v = (0, rk[1])
         out = []
         while node is not None:
             if v < node.center:
@@ -248,32 +250,3 @@ class IntervalIndex:
                 break
         return out
 
-
-class _Bound:
-    """An interval end: ``(-1, None)`` is -inf, ``(1, None)`` is +inf, ``(0, x)`` is ``x``."""
-
-    __slots__ = ("k",)
-
-    def __init__(self, k: tuple[int, Any]) -> None:
-        self.k = k
-
-    def __lt__(self, other: _Bound) -> bool:
-        a, b = self.k, other.k
-        if a[0] != 0 or b[0] != 0:
-            return a[0] < b[0]
-        return bool(a[1] < b[1])
-
-    def __gt__(self, other: _Bound) -> bool:
-        return other.__lt__(self)
-
-    def __le__(self, other: _Bound) -> bool:
-        return not other.__lt__(self)
-
-    def __ge__(self, other: _Bound) -> bool:
-        return not self.__lt__(other)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Bound) and not self.__lt__(other) and not other.__lt__(self)
-
-    def __hash__(self) -> int:
-        return hash(self.k)

@@ -1,0 +1,289 @@
+"""Live-query benchmarks (figures go to docs/benchmarks.md, "## Live queries").
+
+Run: ``.venv/bin/pytest bench/test_bench_query.py -p no:cacheprovider -s``
+
+* ``matching`` — the in-process :class:`QueryEngine`: 10,000 live queries on a 100,000-record
+  map (5,000 ``where owner = u`` with ``sort price desc, limit 20``, 5,000
+  ``between(price, x, x+100)``), random updates of existing records; writes/s matched
+  (index upkeep + candidate lookup + window maintenance + QUERY_UPDATE objects built);
+* ``snapshot-1m`` — ``QUERY_SUB`` with an indexed equality predicate (~100 rows) on a
+  1,000,000-record map: engine-only time, and ``QUERY_SUB`` → ``QUERY_RESP`` over a real
+  socket to an in-process server;
+* ``end-to-end`` — 100 connections holding 10,000 queries on a real server, one writer
+  connection at a fixed rate; write-to-subscriber latency percentiles.
+
+Sizes can be scaled down with ``TOPGUN_BENCH_QUERY_SCALE`` (e.g. 0.1) for a quick run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import statistics
+import time
+from typing import Any
+
+import msgpack
+import pytest
+
+from topgun.core.predicates import P
+from topgun.server.query import QueryEngine
+
+SCALE = float(os.environ.get("TOPGUN_BENCH_QUERY_SCALE", "1"))
+RESULTS: dict[str, str] = {}
+
+
+def _n(x: int) -> int:
+    return max(1, int(x * SCALE))
+
+
+class _Conn:
+    def __init__(self, cid: int) -> None:
+        self.connection_id = cid
+
+
+def _matching_setup(rng: random.Random) -> tuple[dict[str, Any], QueryEngine, int, int]:
+    n_records, owners, span = _n(100_000), max(1, _n(1000)), 100_000
+    data = {
+        f"k{i}": {"owner": f"u{rng.randrange(owners)}", "price": rng.randrange(span), "title": "t"}
+        for i in range(n_records)
+    }
+    engine = QueryEngine(lambda m: data if m == "items" else None)
+    n_q = _n(5000)
+    for i in range(n_q):
+        engine.subscribe(_Conn(i % 100), f"e{i}", "items", {
+            "where": {"owner": f"u{i % owners}"},
+            "sort": [{"field": "price", "direction": "desc"}], "limit": 20,
+        })
+    for i in range(n_q):
+        lo = rng.randrange(span)
+        engine.subscribe(_Conn(i % 100), f"r{i}", "items", {"predicate": P.between("price", lo, lo + 100)})
+    return data, engine, owners, span
+
+
+def test_matching_throughput() -> None:
+    rng = random.Random(7)
+    data, engine, owners, span = _matching_setup(rng)
+    keys = list(data)
+    writes = [
+        (rng.choice(keys), {"owner": f"u{rng.randrange(owners)}", "price": rng.randrange(span), "title": "u"})
+        for _ in range(_n(50_000))
+    ]
+    best = 0.0
+    events = 0
+    matched_subs = 0
+    for chunk in range(3):
+        part = writes[chunk::3]
+        ev = 0
+        t0 = time.perf_counter()
+        for k, v in part:
+            old = data[k]
+            data[k] = v
+            ev += len(engine.on_change("items", k, old, v, None))
+        dt = time.perf_counter() - t0
+        best = max(best, len(part) / dt)
+        events += ev
+    for k, v in writes[:1000]:
+        matched_subs += len(engine.candidates("items", data[k], v))
+    RESULTS["matching: writes/s (10k queries, 100k records)"] = f"{best:,.0f}"
+    RESULTS["matching: QUERY_UPDATEs per write"] = f"{events / len(writes):.1f}"
+    RESULTS["matching: candidate subscriptions per write (of 10,000)"] = f"{matched_subs / 1000:.1f}"
+    assert events > 0
+
+
+def test_snapshot_indexed_equality_1m() -> None:
+    rng = random.Random(3)
+    n = _n(1_000_000)
+    groups = max(1, n // 100)
+    data = {f"k{i}": {"g": rng.randrange(groups), "n": i} for i in range(n)}
+    engine = QueryEngine(lambda m: data, declared_indexes={"big": ["g"]})
+    t0 = time.perf_counter()
+    engine.build_declared()
+    build = time.perf_counter() - t0
+    times = []
+    rows = 0
+    for i in range(200):
+        t0 = time.perf_counter()
+        snap = engine.subscribe(_Conn(1), f"q{i}", "big", {"where": {"g": i % groups}})
+        times.append(time.perf_counter() - t0)
+        rows += len(snap.results)
+        engine.unsubscribe(1, f"q{i}")
+    assert engine.stats["full_scans"] == 0
+    times.sort()
+    RESULTS["snapshot-1m: index build s (hash+sorted)"] = f"{build:.1f}"
+    RESULTS["snapshot-1m: engine subscribe median ms"] = f"{statistics.median(times) * 1000:.3f}"
+    RESULTS["snapshot-1m: engine subscribe p99 ms"] = f"{times[int(len(times) * 0.99) - 1] * 1000:.3f}"
+    RESULTS["snapshot-1m: rows per snapshot"] = f"{rows / len(times):.0f}"
+
+
+async def _server_with_records(n: int, groups: int, **cfg: Any) -> Any:
+    from topgun.core.records import LWWRecord, Timestamp
+    from topgun.server.app import TopGunServer
+    from topgun.server.grid import Change, Origin
+
+    server = TopGunServer(port=0, storage="memory://bench-q", **cfg)
+    await server.start()
+    grid = server.core.grid  # type: ignore[union-attr]
+    now = time.time_ns() // 1_000_000
+    rng = random.Random(5)
+    step = 50_000
+    for start in range(0, n, step):
+        changes = [
+            Change.put(
+                "big", f"k{i}", LWWRecord({"g": rng.randrange(groups), "n": i}, Timestamp(now, i, "bench"))
+            )
+            for i in range(start, min(n, start + step))
+        ]
+        grid.apply(changes, Origin.client(0))
+        await asyncio.sleep(0)
+    return server
+
+
+async def _ws(server: Any) -> Any:
+    import websockets
+
+    ws = await websockets.connect(server.url, max_size=None)
+    await ws.send(msgpack.packb({"type": "AUTH", "token": "x"}))
+    msg = msgpack.unpackb(await ws.recv())
+    assert msg["type"] == "AUTH_ACK"
+    return ws
+
+
+async def test_snapshot_over_the_wire_1m() -> None:
+    n = _n(1_000_000)
+    groups = max(1, n // 100)
+    server = await _server_with_records(n, groups, extra={"query_indexes": {"big": ["g"]}})
+    try:
+        ws = await _ws(server)
+        times = []
+        for i in range(100):
+            t0 = time.perf_counter()
+            await ws.send(msgpack.packb({"type": "QUERY_SUB", "payload": {
+                "queryId": f"q{i}", "mapName": "big", "query": {"where": {"g": i}}}}))
+            while True:
+                msg = msgpack.unpackb(await ws.recv())
+                if msg["type"] == "QUERY_RESP":
+                    break
+            times.append(time.perf_counter() - t0)
+            assert len(msg["payload"]["results"]) > 0
+            await ws.send(msgpack.packb({"type": "QUERY_UNSUB", "payload": {"queryId": f"q{i}"}}))
+        await ws.close()
+        times.sort()
+        RESULTS["snapshot-1m: QUERY_SUB→QUERY_RESP over a socket median ms"] = (
+            f"{statistics.median(times) * 1000:.2f}"
+        )
+        p99 = times[int(len(times) * 0.99) - 1]
+        RESULTS["snapshot-1m: QUERY_SUB→QUERY_RESP p99 ms"] = f"{p99 * 1000:.2f}"
+    finally:
+        await server.stop()
+
+
+async def _serve(tmp_path: Any, config: dict[str, Any]) -> tuple[Any, str]:
+    import json
+    import re
+    import sys
+
+    cfg = tmp_path / "topgun.json"
+    cfg.write_text(json.dumps(config))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "topgun", "serve", "--port", "0", "--storage", "memory://", "--no-auth",
+        "--log-level", "WARNING", "--config", str(cfg),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )
+    assert proc.stdout is not None
+    line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+    m = re.search(r"(ws://\S+/ws)", line)
+    assert m, line
+    return proc, m.group(1)
+
+
+async def test_end_to_end_latency(tmp_path: Any) -> None:
+    """Server in its own process (``topgun serve``); subscribers and writer here."""
+    import websockets
+
+    n_conns, n_queries = _n(100), _n(10_000)
+    rate = int(os.environ.get("TOPGUN_BENCH_QUERY_RATE", str(_n(1000))))
+    seconds = 5.0
+    owners = max(1, n_queries // 10)
+    proc, url = await _serve(tmp_path, {"query_indexes": {"items": ["owner"]}})
+    try:
+        subs = []
+        latencies: list[float] = []
+        sent_at: dict[str, float] = {}
+
+        async def reader(ws: Any) -> None:
+            async for raw in ws:
+                msg = msgpack.unpackb(raw)
+                if msg["type"] == "QUERY_UPDATE":
+                    t = sent_at.get(msg["payload"]["key"])
+                    if t is not None:
+                        latencies.append(time.perf_counter() - t)
+
+        per = n_queries // n_conns
+        for c in range(n_conns):
+            ws = await websockets.connect(url, max_size=None)
+            await ws.send(msgpack.packb({"type": "AUTH", "token": "x"}))
+            assert msgpack.unpackb(await ws.recv())["type"] == "AUTH_ACK"
+            for j in range(per):
+                qi = c * per + j
+                query = {"where": {"owner": f"u{qi % owners}"}}
+                await ws.send(msgpack.packb({"type": "QUERY_SUB", "payload": {
+                    "queryId": f"q{qi}", "mapName": "items", "query": query}}))
+            subs.append(ws)
+        for ws in subs:  # drain the QUERY_RESPs
+            got = 0
+            while got < per:
+                if msgpack.unpackb(await ws.recv())["type"] == "QUERY_RESP":
+                    got += 1
+        tasks = [asyncio.create_task(reader(ws)) for ws in subs]
+        writer = await websockets.connect(url, max_size=None)
+        await writer.send(msgpack.packb({"type": "AUTH", "token": "x"}))
+        assert msgpack.unpackb(await writer.recv())["type"] == "AUTH_ACK"
+
+        async def drain_writer() -> None:
+            async for _ in writer:
+                pass
+
+        wtask = asyncio.create_task(drain_writer())
+        rng = random.Random(9)
+        now = time.time_ns() // 1_000_000
+        total = int(rate * seconds)
+        t_start = time.perf_counter()
+        for i in range(total):
+            delay = t_start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            key = f"w{i}"
+            ts = {"millis": float(now), "counter": i, "nodeId": "bench-writer"}
+            op = {"id": str(i), "mapName": "items", "key": key, "opType": "PUT",
+                  "record": {"value": {"owner": f"u{rng.randrange(owners)}"}, "timestamp": ts}}
+            sent_at[key] = time.perf_counter()
+            await writer.send(msgpack.packb({"type": "OP_BATCH", "payload": {"ops": [op]}}))
+        sent_for = time.perf_counter() - t_start
+        await asyncio.sleep(2.0)
+        for t in [*tasks, wtask]:
+            t.cancel()
+        for ws in [*subs, writer]:
+            await ws.close()
+        latencies.sort()
+        assert latencies, "no QUERY_UPDATE arrived"
+        RESULTS["end-to-end: writes/s offered / sent"] = f"{rate} / {total / sent_for:,.0f}"
+        RESULTS["end-to-end: QUERY_UPDATEs received / per write"] = (
+            f"{len(latencies):,} / {len(latencies) / total:.1f}"
+        )
+        RESULTS["end-to-end: write→subscriber p50 ms"] = f"{latencies[len(latencies) // 2] * 1000:.2f}"
+        RESULTS["end-to-end: write→subscriber p99 ms"] = (
+            f"{latencies[int(len(latencies) * 0.99) - 1] * 1000:.2f}"
+        )
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 30)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report() -> Any:
+    yield
+    print("\n\n## Live queries — figures")
+    for k, v in RESULTS.items():
+        print(f"| {k} | {v} |")
