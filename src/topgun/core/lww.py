@@ -5,10 +5,18 @@ See :mod:`topgun.core._lww_py` for the specification.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from topgun._ext import load
 
 _impl = load("topgun._speedups._lww", "topgun.core._lww_py")
 
-LWWMap = _impl.LWWMap
+# Type checkers see the specification's signatures; at run time the chosen twin's objects.
+if TYPE_CHECKING:
+    from topgun.core._lww_py import (
+        LWWMap,
+    )
+else:
+    LWWMap = _impl.LWWMap
 
 __all__ = ["LWWMap"]
