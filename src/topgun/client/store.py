@@ -10,6 +10,7 @@ persist only what actually changed.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import uuid
 from collections import deque
@@ -29,6 +30,16 @@ __all__ = ["LocalStore", "to_client_op"]
 
 # ``tuple.__new__(StoredOp, fields)`` skips the NamedTuple's Python-level ``__new__``.
 _new_stored = tuple.__new__
+_LWW = OpKind.LWW
+
+
+def _check_write(key: Any, value: Any, ttl_ms: Any) -> None:
+    if type(key) is not str:
+        raise TypeError("keys are strings")
+    if value is None:
+        raise ValueError("None is not a storable value; use remove()")
+    if ttl_ms is not None and (type(ttl_ms) is not int or ttl_ms <= 0):
+        raise ValueError("ttl_ms must be a positive int")
 
 log = logging.getLogger("topgun.client")
 
@@ -75,6 +86,8 @@ class LocalStore:
         self.or_maps: dict[str, ORMap] = {}
         self.pending: dict[int, StoredOp] = {}
         self._pending_order: deque[int] = deque()
+        self._pending_append = self._pending_order.append
+        self._write_lww = storage.write_lww
         self._next_op_id = 1
         self.last_sync_timestamp = 0
         self.device_token: str | None = None
@@ -86,6 +99,7 @@ class LocalStore:
         #: called with a map name when a map is created after opening
         self.on_map_opened: Callable[[str], None] | None = None
         self._batch_depth = 0
+        self._gc_was_enabled = False
         self._batch_new_ops = False
         self._room_waiters: list[asyncio.Future[None]] = []
         #: Hold back the storage writes of remote LWW merges and write them in one transaction
@@ -294,10 +308,17 @@ class LocalStore:
 
     def begin_batch(self) -> None:
         self.storage.begin()
+        if self._batch_depth == 0:
+            # A bulk load allocates millions of small objects; the cyclic GC would re-scan the
+            # whole (growing) heap over and over and more than double the cost per write.
+            self._gc_was_enabled = gc.isenabled()
+            gc.disable()
         self._batch_depth += 1
 
     def end_batch(self, ok: bool = True) -> None:
         self._batch_depth -= 1
+        if self._batch_depth == 0 and self._gc_was_enabled:
+            gc.enable()
         if ok:
             self.storage.commit()
         else:
@@ -312,12 +333,8 @@ class LocalStore:
     # -- local LWW writes --------------------------------------------------------------------------
 
     def lww_set(self, name: str, key: str, value: Any, ttl_ms: int | None = None) -> LWWRecord:
-        if type(key) is not str:
-            raise TypeError("keys are strings")
-        if value is None:
-            raise ValueError("None is not a storable value; use remove()")
-        if ttl_ms is not None and (type(ttl_ms) is not int or ttl_ms <= 0):
-            raise ValueError("ttl_ms must be a positive int")
+        if type(key) is not str or value is None or ttl_ms is not None:
+            _check_write(key, value, ttl_ms)
         m = self.lww_maps.get(name)
         if m is None:
             m = self.lww(name)
@@ -330,11 +347,9 @@ class LocalStore:
         # Inlined on purpose (the bulk-load hot path): op id, durable write, op log, notify.
         op_id = self._next_op_id
         self._next_op_id = op_id + 1
-        self.storage.write_lww(name, key, record, op_id)
-        pending[op_id] = _new_stored(
-            StoredOp, (op_id, name, OpKind.LWW, key, value, record.timestamp, ttl_ms, None)
-        )
-        self._pending_order.append(op_id)
+        self._write_lww(name, key, record, op_id)
+        pending[op_id] = _new_stored(StoredOp, (op_id, name, _LWW, key, value, record[1], ttl_ms, None))
+        self._pending_append(op_id)
         if listeners:
             self._emit(name, MapEvent(name, key, value, prev, ChangeOrigin.LOCAL))
         if self._batch_depth:

@@ -50,6 +50,8 @@ CREATE INDEX IF NOT EXISTS or_records_key ON or_records (map, key);
 CREATE TABLE IF NOT EXISTS or_tombstones (
     map TEXT NOT NULL, tag TEXT NOT NULL, key TEXT NOT NULL,
     PRIMARY KEY (map, tag)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS lww_segments (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, map TEXT NOT NULL, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS oplog (
     id INTEGER PRIMARY KEY AUTOINCREMENT, map TEXT NOT NULL, kind INTEGER NOT NULL,
     key TEXT NOT NULL, value BLOB, millis INTEGER, counter INTEGER, node TEXT, ttl INTEGER, tag TEXT);
@@ -64,6 +66,17 @@ _PUT_OP = (
 # the same transaction. Should that row later be replaced (a newer local or remote write), the op
 # is re-sent with the newer record, which is equivalent under LWW (the older record would lose).
 _PUT_LWW_OP = "INSERT INTO oplog (id, map, kind, key) VALUES (?,?,0,?)"
+# Newer-wins upsert, used when a segment is folded into ``lww``.
+_MERGE_LWW = (
+    "INSERT INTO lww (map, key, value, millis, counter, node, ttl) VALUES (?,?,?,?,?,?,?) "
+    "ON CONFLICT (map, key) DO UPDATE SET value = excluded.value, millis = excluded.millis, "
+    "counter = excluded.counter, node = excluded.node, ttl = excluded.ttl "
+    "WHERE (excluded.millis, excluded.counter, excluded.node) > (lww.millis, lww.counter, lww.node)"
+)
+#: Op-log kind of a row standing for every LWW op of one segment (never part of ``OpKind``).
+_KIND_SEGMENT = 3
+#: A transaction with at least this many local LWW writes to one map stores them as one segment.
+SEGMENT_MIN = 256
 _PUT_OR = (
     "INSERT OR REPLACE INTO or_records (map, tag, key, value, millis, counter, node, ttl) "
     "VALUES (?,?,?,?,?,?,?,?)"
@@ -86,9 +99,14 @@ class SQLiteStorage:
         self.path = os.fspath(path)
         self._conn: sqlite3.Connection | None = None
         self._depth = 0
-        # Rows of local LWW writes made inside a transaction, written with executemany.
-        self._buf_lww: list[tuple[Any, ...]] = []
-        self._buf_ops: list[tuple[Any, ...]] = []
+        # Local LWW writes made inside a transaction, per map: [op_id, key, value, millis, counter,
+        # node, ttl]. At the end they become rows, or, for a bulk load, one *segment*: a single
+        # MsgPack blob in ``lww_segments`` plus one op-log row (kind 3, id = its last op id)
+        # standing for all its ops. Segments are folded into ``lww`` and per-op rows by
+        # :meth:`compact` (on open, and before anything deletes LWW rows of their map).
+        self._seg_buf: dict[str, list[list[Any]]] = {}
+        # Every op id <= this has been acknowledged (segments keep their acked entries).
+        self._acked_upto = 0
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -104,6 +122,9 @@ class SQLiteStorage:
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open client store {self.path!r}: {exc}") from exc
         self._conn = conn
+        v = self.get_meta("acked_upto")
+        self._acked_upto = int(v) if v is not None and v.isdecimal() else 0
+        self.compact()
 
     def close(self) -> None:
         conn = self._conn
@@ -128,17 +149,60 @@ class SQLiteStorage:
     def begin(self) -> None:
         if self._depth == 0:
             self.conn.execute("BEGIN")
-        elif self._buf_lww or self._buf_ops:
+        elif self._seg_buf:
             self._flush()
         self._depth += 1
 
     def _flush(self) -> None:
-        if self._buf_lww:
-            rows, self._buf_lww = self._buf_lww, []
-            self.conn.executemany(_PUT_LWW, rows)
-        if self._buf_ops:
-            ops, self._buf_ops = self._buf_ops, []
-            self.conn.executemany(_PUT_LWW_OP, ops)
+        """Write the buffered local LWW writes (inside the open transaction)."""
+        bufs, self._seg_buf = self._seg_buf, {}
+        conn = self.conn
+        for name, entries in bufs.items():
+            if len(entries) >= SEGMENT_MIN:
+                cur = conn.execute(
+                    "INSERT INTO lww_segments (map, data) VALUES (?, ?)", (name, pack(entries))
+                )
+                conn.execute(
+                    "INSERT INTO oplog (id, map, kind, key, millis) VALUES (?,?,?,?,?)",
+                    (entries[-1][0], name, _KIND_SEGMENT, "", cur.lastrowid),
+                )
+            else:
+                conn.executemany(
+                    _PUT_LWW,
+                    [(name, k, None if v is None else pack(v), m, c, n, t)
+                     for _, k, v, m, c, n, t in entries],
+                )
+                conn.executemany(_PUT_LWW_OP, [(e[0], name, e[1]) for e in entries])
+
+    def compact(self, name: str | None = None) -> None:
+        """Fold segments (of ``name``, or all) into ``lww`` rows and per-op op-log rows."""
+        conn = self.conn
+        self._flush_if_open()
+        if name is None:
+            segs = conn.execute("SELECT seq, map, data FROM lww_segments ORDER BY seq").fetchall()
+        else:
+            segs = conn.execute(
+                "SELECT seq, map, data FROM lww_segments WHERE map = ? ORDER BY seq", (name,)
+            ).fetchall()
+        if not segs:
+            return
+        self.begin()
+        try:
+            for seq, mp, data in segs:
+                entries = unpack(data)
+                conn.executemany(
+                    _MERGE_LWW,
+                    [(mp, k, None if v is None else pack(v), m, c, n, t) for _, k, v, m, c, n, t in entries],
+                )
+                conn.execute("DELETE FROM oplog WHERE kind = ? AND millis = ?", (_KIND_SEGMENT, seq))
+                conn.executemany(
+                    _PUT_LWW_OP, [(e[0], mp, e[1]) for e in entries if e[0] > self._acked_upto]
+                )
+                conn.execute("DELETE FROM lww_segments WHERE seq = ?", (seq,))
+        except BaseException:
+            self.rollback()
+            raise
+        self.commit()
 
     def commit(self) -> None:
         if self._depth == 0:
@@ -155,8 +219,7 @@ class SQLiteStorage:
         if self._depth == 0:
             return
         self._depth = 0
-        self._buf_lww = []
-        self._buf_ops = []
+        self._seg_buf = {}
         self.conn.execute("ROLLBACK")
 
     @property
@@ -166,7 +229,7 @@ class SQLiteStorage:
     def _run(self, sql: str, params: tuple[Any, ...] = ()) -> None:
         conn = self.conn
         if self._depth:
-            if self._buf_lww or self._buf_ops:
+            if self._seg_buf:
                 self._flush()
             conn.execute(sql, params)
         else:
@@ -181,7 +244,7 @@ class SQLiteStorage:
     def _run_many(self, sql: str, rows: Iterable[tuple[Any, ...]]) -> None:
         conn = self.conn
         if self._depth:
-            if self._buf_lww or self._buf_ops:
+            if self._seg_buf:
                 self._flush()
             conn.executemany(sql, rows)
         else:
@@ -212,6 +275,7 @@ class SQLiteStorage:
         self._run("INSERT OR IGNORE INTO maps (name, kind) VALUES (?, ?)", (name, MapKind(kind).value))
 
     def clear_map(self, name: str) -> None:
+        self.compact(name)
         self.begin()
         try:
             conn = self.conn
@@ -226,14 +290,17 @@ class SQLiteStorage:
     # -- LWW ---------------------------------------------------------------------------------------
 
     def load_lww(self, name: str) -> list[tuple[str, LWWRecord]]:
+        """Rows and segment entries of ``name``; a key may appear more than once (merge by timestamp)."""
         self._flush_if_open()
-        rows = self.conn.execute(
-            "SELECT key, value, millis, counter, node, ttl FROM lww WHERE map = ?", (name,)
-        )
-        return [
+        conn = self.conn
+        rows = conn.execute("SELECT key, value, millis, counter, node, ttl FROM lww WHERE map = ?", (name,))
+        out = [
             (k, LWWRecord(None if v is None else unpack(v), Timestamp(m, c, n), ttl))
             for k, v, m, c, n, ttl in rows
         ]
+        for (data,) in conn.execute("SELECT data FROM lww_segments WHERE map = ? ORDER BY seq", (name,)):
+            out.extend((k, LWWRecord(v, Timestamp(m, c, n), t)) for _, k, v, m, c, n, t in unpack(data))
+        return out
 
     def put_lww(self, name: str, key: str, record: LWWRecord) -> None:
         self._run(_PUT_LWW, _lww_row(name, key, record))
@@ -242,18 +309,21 @@ class SQLiteStorage:
         self._run_many(_PUT_LWW, [_lww_row(name, k, r) for k, r in items])
 
     def delete_lww_many(self, name: str, keys: Iterable[str]) -> None:
+        self.compact(name)
         self._run_many("DELETE FROM lww WHERE map = ? AND key = ?", [(name, k) for k in keys])
 
     def write_lww(self, name: str, key: str, record: LWWRecord, op_id: int) -> None:
         ts = record.timestamp
         value = record.value
-        blob = None if value is None else pack(value)
         m, c, n = ts
         ttl = record.ttl_ms
         if self._depth:
-            self._buf_lww.append((name, key, blob, m, c, n, ttl))
-            self._buf_ops.append((op_id, name, key))
+            buf = self._seg_buf.get(name)
+            if buf is None:
+                buf = self._seg_buf[name] = []
+            buf.append([op_id, key, value, m, c, n, ttl])
             return
+        blob = None if value is None else pack(value)
         conn = self.conn
         conn.execute("BEGIN")
         try:
@@ -342,7 +412,18 @@ class SQLiteStorage:
             "FROM oplog o LEFT JOIN lww l ON o.kind = 0 AND l.map = o.map AND l.key = o.key "
             "ORDER BY o.id"
         )
-        for i, mp, kind, k, v, m, c, n, ttl, tag, lv, lm, lc, ln, lttl in rows:
+        for i, mp, kind, k, v, m, c, n, ttl, tag, lv, lm, lc, ln, lttl in rows.fetchall():
+            if kind == _KIND_SEGMENT:
+                seg = self.conn.execute("SELECT data FROM lww_segments WHERE seq = ?", (m,)).fetchone()
+                if seg is None:
+                    orphans.append(int(i))
+                    continue
+                out.extend(
+                    StoredOp(op_id, str(mp), OpKind.LWW, sk, sv, Timestamp(sm, sc, sn), st, None)
+                    for op_id, sk, sv, sm, sc, sn, st in unpack(seg[0])
+                    if op_id > self._acked_upto
+                )
+                continue
             if kind == OpKind.LWW:
                 if lm is None:
                     # The record is gone (tombstone GC): nothing left to send.
@@ -353,14 +434,26 @@ class SQLiteStorage:
                                 Timestamp(m, c, n), ttl, tag))
         if orphans:
             self.delete_ops(orphans)
+        out.sort(key=lambda op: op.op_id)
         return out
 
     def _flush_if_open(self) -> None:
-        if self._depth and (self._buf_lww or self._buf_ops):
+        if self._depth and self._seg_buf:
             self._flush()
 
     def delete_ops_upto(self, op_id: int) -> None:
-        self._run("DELETE FROM oplog WHERE id <= ?", (op_id,))
+        self.begin()
+        try:
+            self.conn.execute("DELETE FROM oplog WHERE id <= ?", (op_id,))
+            if op_id > self._acked_upto:
+                self._acked_upto = op_id
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO meta (k, v) VALUES ('acked_upto', ?)", (str(op_id),)
+                )
+        except BaseException:
+            self.rollback()
+            raise
+        self.commit()
 
     def delete_ops(self, op_ids: Iterable[int]) -> None:
         self._run_many("DELETE FROM oplog WHERE id = ?", [(i,) for i in op_ids])
