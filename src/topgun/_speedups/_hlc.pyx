@@ -11,7 +11,6 @@ import logging
 
 from libc.stdlib cimport malloc, free, qsort
 from libc.stdint cimport int64_t
-from posix.time cimport clock_gettime, timespec, CLOCK_REALTIME
 from cpython.list cimport PyList_New, PyList_SET_ITEM
 from cpython.ref cimport Py_INCREF
 from cpython.float cimport PyFloat_Check, PyFloat_AS_DOUBLE
@@ -44,10 +43,32 @@ cdef object _Timestamp = Timestamp
 cdef object _tuple_new = tuple.__new__
 
 
-cdef inline long long _c_wall() noexcept nogil:
-    cdef timespec t
-    clock_gettime(CLOCK_REALTIME, &t)
-    return <long long>t.tv_sec * 1000 + t.tv_nsec // 1000000
+cdef extern from *:
+    """
+    /* The same clock as Python's time.time_ns(), floored to milliseconds. */
+    #if defined(_WIN32)
+    #ifndef WIN32_LEAN_AND_MEAN
+    #define WIN32_LEAN_AND_MEAN
+    #endif
+    #include <windows.h>
+    static long long tg_wall_ms(void) {
+        FILETIME ft;
+        ULARGE_INTEGER u;
+        GetSystemTimePreciseAsFileTime(&ft);
+        u.LowPart = ft.dwLowDateTime;
+        u.HighPart = ft.dwHighDateTime;
+        return (long long)((u.QuadPart - 116444736000000000ULL) / 10000ULL);
+    }
+    #else
+    #include <time.h>
+    static long long tg_wall_ms(void) {
+        struct timespec t;
+        clock_gettime(CLOCK_REALTIME, &t);
+        return (long long)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+    }
+    #endif
+    """
+    long long _c_wall "tg_wall_ms"() noexcept nogil
 
 
 def wall_millis():
