@@ -2,9 +2,14 @@
 from libc.stdint cimport uint32_t, uint64_t
 from cpython.unicode cimport PyUnicode_KIND, PyUnicode_DATA, PyUnicode_GET_LENGTH
 
-cdef enum:
-    FNV_OFFSET = 0x811C9DC5
-    FNV_PRIME = 0x01000193
+cdef extern from *:
+    """
+    #define TG_FNV_OFFSET 0x811C9DC5u
+    #define TG_FNV_PRIME 0x01000193u
+    """
+    # Macros rather than a C enum: enum constants must fit in an int.
+    const uint32_t FNV_OFFSET "TG_FNV_OFFSET"
+    const uint32_t FNV_PRIME "TG_FNV_PRIME"
 
 
 cdef inline uint32_t c_mix(uint32_t h) noexcept nogil:
