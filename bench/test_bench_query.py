@@ -86,6 +86,18 @@ def test_matching_throughput() -> None:
         events += ev
     for k, v in writes[:1000]:
         matched_subs += len(engine.candidates("items", data[k], v))
+    # matching alone: candidate lookup + predicate evaluation, no window upkeep or messages
+    sample = writes[: _n(20_000)]
+    t0 = time.perf_counter()
+    hits = 0
+    for k, v in sample:
+        for sub in engine.candidates("items", data[k], v):
+            if sub.filter(v):
+                hits += 1
+    RESULTS["matching only (candidates + predicates): writes/s"] = (
+        f"{len(sample) / (time.perf_counter() - t0):,.0f}"
+    )
+    RESULTS["matching only: matching queries per write"] = f"{hits / len(sample):.1f}"
     RESULTS["matching: writes/s (10k queries, 100k records)"] = f"{best:,.0f}"
     RESULTS["matching: QUERY_UPDATEs per write"] = f"{events / len(writes):.1f}"
     RESULTS["matching: candidate subscriptions per write (of 10,000)"] = f"{matched_subs / 1000:.1f}"
@@ -202,7 +214,8 @@ async def test_end_to_end_latency(tmp_path: Any) -> None:
     """Server in its own process (``topgun serve``); subscribers and writer here."""
     import websockets
 
-    n_conns, n_queries = _n(100), _n(10_000)
+    n_conns = int(os.environ.get("TOPGUN_BENCH_QUERY_CONNS", str(_n(100))))
+    n_queries = _n(10_000)
     rate = int(os.environ.get("TOPGUN_BENCH_QUERY_RATE", str(_n(1000))))
     seconds = 5.0
     owners = max(1, n_queries // 10)
@@ -249,6 +262,12 @@ async def test_end_to_end_latency(tmp_path: Any) -> None:
         rng = random.Random(9)
         now = time.time_ns() // 1_000_000
         total = int(rate * seconds)
+        import psutil
+
+        server_ps = psutil.Process(proc.pid)
+        me = psutil.Process()
+        server_ps.cpu_percent(None)
+        me.cpu_percent(None)
         t_start = time.perf_counter()
         for i in range(total):
             delay = t_start + i / rate - time.perf_counter()
@@ -261,6 +280,7 @@ async def test_end_to_end_latency(tmp_path: Any) -> None:
             sent_at[key] = time.perf_counter()
             await writer.send(msgpack.packb({"type": "OP_BATCH", "payload": {"ops": [op]}}))
         sent_for = time.perf_counter() - t_start
+        server_cpu, client_cpu = server_ps.cpu_percent(None), me.cpu_percent(None)
         await asyncio.sleep(2.0)
         for t in [*tasks, wtask]:
             t.cancel()
@@ -272,6 +292,7 @@ async def test_end_to_end_latency(tmp_path: Any) -> None:
         RESULTS["end-to-end: QUERY_UPDATEs received / per write"] = (
             f"{len(latencies):,} / {len(latencies) / total:.1f}"
         )
+        RESULTS["end-to-end: CPU % server process / load generator"] = f"{server_cpu:.0f} / {client_cpu:.0f}"
         RESULTS["end-to-end: write→subscriber p50 ms"] = f"{latencies[len(latencies) // 2] * 1000:.2f}"
         RESULTS["end-to-end: write→subscriber p99 ms"] = (
             f"{latencies[int(len(latencies) * 0.99) - 1] * 1000:.2f}"
