@@ -252,3 +252,23 @@ def test_deleting_rows_folds_segments_first(tmp_path: Path) -> None:
     st.clear_map("m")
     assert st.load_lww("m") == []
     st.close()
+
+
+def test_large_put_lww_many_is_a_segment_with_newer_wins(tmp_path: Path) -> None:
+    from topgun.client.storage.sqlite import SEGMENT_MIN
+
+    db = tmp_path / "segput.db"
+    st = SQLiteStorage(db)
+    st.open()
+    st.put_lww("m", "k0", LWWRecord("newest", Timestamp(10**12, 0, "n")))
+    items = [(f"k{i}", LWWRecord(i, Timestamp(100 + i, 0, "s"))) for i in range(SEGMENT_MIN + 10)]
+    st.put_lww_many("m", items)
+    assert _segment_count(st) == 1
+    assert st.load_ops() == []  # sync records have no op-log entries
+    st.close()
+    st2 = SQLiteStorage(db)
+    st2.open()
+    rows = dict(st2.load_lww("m"))
+    assert _segment_count(st2) == 0 and len(rows) == SEGMENT_MIN + 10
+    assert rows["k0"].value == "newest" and rows["k5"] == LWWRecord(5, Timestamp(105, 0, "s"))
+    st2.close()

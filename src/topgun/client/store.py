@@ -430,40 +430,43 @@ class LocalStore:
     # -- remote changes ----------------------------------------------------------------------------
 
     def merge_lww(self, name: str, pairs: Iterable[tuple[str, LWWRecord]]) -> list[str]:
-        """Merge remote records into ``name``; persist and announce the winners."""
+        """Merge remote records into ``name``; persist and announce the winners; return their keys."""
         m = self.lww_maps.get(name)
         if m is None:
             return []
         listeners = self._listeners.get(name)
-        won: list[tuple[str, LWWRecord]] = []
         events: list[MapEvent] = []
-        now = self._now() if listeners else 0
-        for key, rec in pairs:
-            prev = m.get_record(key) if listeners else None
-            if m.merge(key, rec):
-                won.append((key, rec))
-                if listeners:
+        if not listeners:
+            changed: list[str] = m.merge_many(pairs)
+        else:
+            changed = []
+            now = self._now()
+            for key, rec in pairs:
+                prev = m.get_record(key)
+                if m.merge(key, rec):
+                    changed.append(key)
                     pv = prev.value if prev is not None and prev.is_live(now) else None
                     nv = rec.value if rec.is_live(now) else None
                     if pv != nv or (pv is None) != (nv is None):
                         events.append(MapEvent(name, key, nv, pv, ChangeOrigin.REMOTE))
-        if won:
+        if changed:
             if self.defer_remote_writes:
                 dirty = self._dirty_lww.get(name)
                 if dirty is None:
                     dirty = self._dirty_lww[name] = set()
                 first = not self._dirty_count
-                dirty.update(k for k, _ in won)
-                self._dirty_count += len(won)
+                dirty.update(changed)
+                self._dirty_count += len(changed)
                 if self._dirty_count >= self.max_deferred:
                     self.flush_deferred()
                 elif first and self.on_deferred is not None:
                     self.on_deferred()
             else:
-                self.storage.put_lww_many(name, won)
+                get = m.get_record
+                self.storage.put_lww_many(name, [(k, get(k)) for k in changed])  # type: ignore[misc]
         for ev in events:
             self._emit(name, ev)
-        return [k for k, _ in won]
+        return changed
 
     def _schedule_flush(self) -> None:
         try:

@@ -118,6 +118,10 @@ class SQLiteStorage:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self.synchronous.value}")
             conn.execute("PRAGMA foreign_keys=OFF")
+            # One commit per write makes many tiny WAL appends; checkpointing (with its fsyncs)
+            # every 10,000 pages instead of every 1,000 keeps single writes fast.
+            conn.execute("PRAGMA wal_autocheckpoint=10000")
+            conn.execute("PRAGMA journal_size_limit=67108864")
             conn.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open client store {self.path!r}: {exc}") from exc
@@ -306,7 +310,14 @@ class SQLiteStorage:
         self._run(_PUT_LWW, _lww_row(name, key, record))
 
     def put_lww_many(self, name: str, items: Iterable[tuple[str, LWWRecord]]) -> None:
-        self._run_many(_PUT_LWW, [_lww_row(name, k, r) for k, r in items])
+        """Store records; a large set becomes one segment (newer-wins against existing rows)."""
+        items = list(items)
+        if len(items) < SEGMENT_MIN:
+            self._run_many(_PUT_LWW, [_lww_row(name, k, r) for k, r in items])
+            return
+        # Op id 0: these records (a sync's leaves) have no op-log entry.
+        entries = [[0, k, r[0], r[1][0], r[1][1], r[1][2], r[2]] for k, r in items]
+        self._run("INSERT INTO lww_segments (map, data) VALUES (?, ?)", (name, pack(entries)))
 
     def delete_lww_many(self, name: str, keys: Iterable[str]) -> None:
         self.compact(name)
