@@ -3,7 +3,11 @@
 picows delivers frames, not messages, so fragmented binary messages are
 reassembled here (with the size limit checked across fragments). Sends go
 straight to the asyncio transport; its write-buffer size is what the
-slow-consumer policy measures. Plain HTTP is answered by returning a non-101
+slow-consumer policy measures (plus the frames queued for the next flush).
+Frames sent during one event-loop iteration are corked: they are written at
+the end of the iteration, all frames of a connection in one ``write``, so a
+push to many connections or an ack after each of several pipelined batches
+costs one system call per connection rather than one per frame. Plain HTTP is answered by returning a non-101
 response from the listener factory, which picows sends with
 ``Connection: close``.
 """
@@ -41,6 +45,15 @@ _TEXT = WSMsgType.TEXT
 _CLOSE_FRAME = WSMsgType.CLOSE
 
 
+def _frame_header(size: int) -> bytes:
+    """Header of an unmasked, final, binary WebSocket frame of ``size`` bytes (RFC 6455 §5.2)."""
+    if size < 126:
+        return bytes((0x82, size))
+    if size < 0x1_0000:
+        return bytes((0x82, 126)) + size.to_bytes(2, "big")
+    return bytes((0x82, 127)) + size.to_bytes(8, "big")
+
+
 def _close_code(code: int) -> WSCloseCode:
     try:
         return WSCloseCode(code)
@@ -67,6 +80,9 @@ class _PicowsConnection(WSListener):  # type: ignore[misc]
         self._parts_size = 0
         self._in_text = False
         self._oversize_reported = False
+        # Frames waiting for the end-of-iteration flush (None: nothing pending).
+        self._out: list[bytes] | None = None
+        self._out_bytes = 0
 
     # -- Connection ------------------------------------------------------------------------
     @property
@@ -74,20 +90,49 @@ class _PicowsConnection(WSListener):  # type: ignore[misc]
         return self._closed or self._close_sent
 
     def send(self, data: bytes) -> None:
-        t = self._transport
-        if t is None or self._closed or self._close_sent:
+        if self._transport is None or self._closed or self._close_sent:
             return
-        if t.underlying_transport.is_closing():
-            # The peer is gone but frames it sent earlier are still being dispatched.
-            return
-        t.send(_BINARY, data)
+        out = self._out
+        if out is None:
+            self._out = [data]
+            self._server._schedule_flush(self)
+        else:
+            out.append(data)
+        self._out_bytes += len(data)
         if self._paused:
             self._paused_frames += 1
+
+    def _flush(self) -> None:
+        out = self._out
+        if out is None:
+            return
+        self._out = None
+        self._out_bytes = 0
+        t = self._transport
+        if t is None or self._closed:
+            return
+        ut = t.underlying_transport
+        if ut.is_closing():
+            # The peer is gone but frames it sent earlier are still being dispatched.
+            return
+        if len(out) == 1:
+            t.send(_BINARY, out[0])
+            return
+        parts: list[bytes] = []
+        for data in out:
+            parts.append(_frame_header(len(data)))
+            parts.append(data)
+        ut.write(b"".join(parts))
 
     def close(self, code: int, reason: str = "", *, drop_pending: bool = False) -> None:
         t = self._transport
         if t is None or self._closed or self._close_sent:
             return
+        if drop_pending:
+            self._out = None
+            self._out_bytes = 0
+        else:
+            self._flush()
         self._close_sent = True
         try:
             t.send_close(_close_code(code), reason.encode("utf-8")[:120])
@@ -105,7 +150,7 @@ class _PicowsConnection(WSListener):  # type: ignore[misc]
         t = self._transport
         if t is None:
             return 0
-        return int(t.underlying_transport.get_write_buffer_size())
+        return int(t.underlying_transport.get_write_buffer_size()) + self._out_bytes
 
     def outbound_frames(self) -> int:
         return self._paused_frames
@@ -215,6 +260,21 @@ class PicowsTransport(TransportServer):
         self._connections: set[_PicowsConnection] = set()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._dirty: list[_PicowsConnection] = []
+        self._flush_scheduled = False
+
+    def _schedule_flush(self, conn: _PicowsConnection) -> None:
+        self._dirty.append(conn)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_all)
+
+    def _flush_all(self) -> None:
+        self._flush_scheduled = False
+        dirty = self._dirty
+        self._dirty = []
+        for conn in dirty:
+            conn._flush()
 
     def _factory(self, request: WSUpgradeRequest) -> Any:
         try:
