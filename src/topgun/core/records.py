@@ -42,7 +42,10 @@ class Timestamp(NamedTuple):
         return cls(int(m), int(c), node)
 
     def is_valid(self) -> bool:
-        """True when the fields satisfy the protocol (non-negative ints, counter < 2^32, node id without ``:``)."""
+        """True when the fields satisfy the protocol.
+
+        Non-negative integer millis, 0 <= counter < 2^32, and a non-empty node id without ``:``.
+        """
         return (
             type(self.millis) is int
             and type(self.counter) is int
