@@ -303,7 +303,7 @@ class QueryEngine:
         self._by_conn: dict[int, dict[str, Subscription]] = {}
         self._by_map: dict[str, _MapSubs] = {}
         #: counters for tests and metrics
-        self.stats = {"snapshots": 0, "index_builds": 0, "full_scans": 0, "candidates": 0}
+        self.stats = {"snapshots": 0, "index_builds": 0, "full_scans": 0, "refreshes": 0}
 
     # -- record indexes ---------------------------------------------------------------------------
     def build_declared(self) -> None:
@@ -514,28 +514,43 @@ class QueryEngine:
         sub.keep = n + min(max(n, self.reserve), self.max_rows)
         if view is None:
             return Snapshot([], False, None, cur.status)
-        cand = self._candidates(sub.map_name, spec, view)
-        filt, key_fn, after = sub.filter, sub.key_fn, sub.after
-        if cand is None:
-            self.stats["full_scans"] += 1
-            pairs: Iterable[tuple[str, Any]] = view.items()
-        else:
-            self.stats["candidates"] += len(cand) if hasattr(cand, "__len__") else 0  # type: ignore[arg-type]
-            get = view.get
-            pairs = ((k, get(k)) for k in cand)
         if sub.aggregate:
+            cand = self._candidates(sub.map_name, spec, view)
+            pairs = self._pairs(view, cand)
+            filt = sub.filter
             rows = [(k, v) for k, v in pairs if v is not None and filt(v)]
             return self._aggregate(sub, rows, cur.status)
-        matched: list[tuple[Any, ...]] = []
         values: dict[str, Any] = {}
-        for k, v in pairs:
+        total = self._fill(sub, view, values)
+        keep = sub.rows
+        page = keep[:n]
+        has_more = total > n
+        next_cursor = encode_cursor(fp, page[-1], now) if has_more and page else None
+        fields = sub.fields
+        results = [(sk[-1], project(values[sk[-1]], fields)) for sk in page]
+        return Snapshot(results, has_more, next_cursor, cur.status)
+
+    def _pairs(self, view: Any, cand: Iterable[str] | None) -> Iterable[tuple[str, Any]]:
+        if cand is None:
+            self.stats["full_scans"] += 1
+            return view.items()  # type: ignore[no-any-return]
+        get = view.get
+        return ((k, get(k)) for k in cand)
+
+    def _fill(self, sub: Subscription, view: Any, values: dict[str, Any] | None = None) -> int:
+        """(Re)build the remembered rows of ``sub`` from the map; returns how many rows match."""
+        cand = self._candidates(sub.map_name, sub.spec, view)
+        filt, key_fn, after = sub.filter, sub.key_fn, sub.after
+        matched: list[tuple[Any, ...]] = []
+        for k, v in self._pairs(view, cand):
             if v is None or not filt(v):
                 continue
             sk = key_fn(k, v)
             if after is not None and not sk > after:
                 continue
             matched.append(sk)
-            values[k] = v
+            if values is not None:
+                values[k] = v
         total = len(matched)
         if total > sub.keep:
             keep = heapq.nsmallest(sub.keep + 1, matched)
@@ -543,15 +558,11 @@ class QueryEngine:
             sub.complete = False
         else:
             keep = sorted(matched)
+            sub.horizon = None
             sub.complete = True
         sub.rows = keep
         sub.pos = {sk[-1]: sk for sk in keep}
-        page = keep[:n]
-        has_more = total > n
-        next_cursor = encode_cursor(fp, page[-1], now) if has_more and page else None
-        fields = sub.fields
-        results = [(sk[-1], project(values[sk[-1]], fields)) for sk in page]
-        return Snapshot(results, has_more, next_cursor, cur.status)
+        return total
 
     def _aggregate(self, sub: Subscription, rows: list[tuple[str, Any]], status: CursorStatus) -> Snapshot:
         spec = sub.spec
@@ -625,6 +636,9 @@ class QueryEngine:
     ) -> list[tuple[Any, QueryUpdate]]:
         """Apply one committed change (values are live values, ``None`` = absent/tombstone).
 
+        Call it after the change is visible in the source: a window whose remembered rows ran
+        out is rebuilt from the source (§5.11 item 4 allows refilling; this refills exactly).
+
         Updates record indexes and every affected window; returns the ``QUERY_UPDATE``s to send,
         leaving out those of subscriptions owned by connection ``origin`` (§5.7 item 4).
         """
@@ -647,6 +661,33 @@ class QueryEngine:
                 out.append((sub.conn, QueryUpdate(query_id=sub.query_id, key=k, value=v, change_type=ct)))
         return out
 
+    def _apply_refreshing(
+        self, sub: Subscription, key: str, new_value: Any
+    ) -> list[tuple[ChangeType, str, Any]]:
+        """The remembered rows ran out (more rows than were remembered left the window): rebuild
+        them from the map (the change is already applied there) and diff the top N."""
+        n = sub.limit
+        before = [sk[-1] for sk in sub.rows[:n]]
+        view = self._source(sub.map_name)
+        if view is None:
+            sub.rows, sub.pos, sub.complete, sub.horizon = [], {}, True, None
+        else:
+            self.stats["refreshes"] += 1
+            self._fill(sub, view)
+        after = [sk[-1] for sk in sub.rows[:n]]
+        before_set, after_set = set(before), set(after)
+        fields = sub.fields
+        events: list[tuple[ChangeType, str, Any]] = [
+            (ChangeType.LEAVE, k, None) for k in before if k not in after_set
+        ]
+        for k in after:
+            if k not in before_set:
+                v = new_value if k == key else self._value(sub.map_name, k)
+                events.append((ChangeType.ENTER, k, project(v, fields)))
+            elif k == key:
+                events.append((ChangeType.UPDATE, k, project(new_value, fields)))
+        return events
+
     def _value(self, map_name: str, key: str) -> Any:
         view = self._source(map_name)
         return view.get(key) if view is not None else None
@@ -661,6 +702,8 @@ class QueryEngine:
                 new_sk = sk
         if old_sk is None and new_sk is None:
             return []
+        if not sub.complete and len(rows) - (old_sk is not None) < n:
+            return self._apply_refreshing(sub, key, new_value)
         before_in = False
         if old_sk is not None:
             old_rank = bisect_left(rows, old_sk)
