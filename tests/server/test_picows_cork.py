@@ -1,0 +1,90 @@
+"""Corked sends of the picows adapter: frames queued in one event-loop iteration leave in one write.
+
+The frames are written with hand-built headers (7-bit, 16-bit and 64-bit
+lengths), so a real independent WebSocket client (``websockets``) must parse
+every one of them, in order and intact.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from rawclient import RawClient, pack
+
+from topgun.server import TopGunServer
+from topgun.server.transport.picows_transport import _frame_header
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def _batch(messages: list[bytes]) -> dict[str, object]:
+    data = struct.pack("<I", len(messages)) + b"".join(struct.pack("<I", len(m)) + m for m in messages)
+    return {"type": "BATCH", "count": len(messages), "data": data}
+
+
+@pytest.mark.parametrize(
+    ("size", "header"),
+    [
+        (0, b"\x82\x00"),
+        (125, b"\x82\x7d"),
+        (126, b"\x82\x7e\x00\x7e"),
+        (65_535, b"\x82\x7e\xff\xff"),
+        (65_536, b"\x82\x7f" + (65_536).to_bytes(8, "big")),
+    ],
+)
+def test_frame_header_lengths(size: int, header: bytes) -> None:
+    assert _frame_header(size) == header
+
+
+async def test_frames_of_one_iteration_arrive_in_order() -> None:
+    async with TopGunServer(port=0, storage="memory://", transport="picows") as server:
+        c = await RawClient.open(server.url)
+        try:
+            # One inbound message carrying 50 PINGs: their PONGs are produced in one iteration.
+            pings = [pack({"type": "PING", "timestamp": 1_700_000_000_000 + i}) for i in range(50)]
+            await c.send(_batch(pings))
+            stamps = [(await c.recv_type("PONG"))["timestamp"] for _ in range(50)]
+            assert stamps == [1_700_000_000_000 + i for i in range(50)]
+        finally:
+            await c.ws.close()
+
+
+async def test_corked_pushes_of_every_header_size() -> None:
+    async with TopGunServer(port=0, storage="memory://", transport="picows") as server:
+        sub = await RawClient.open(server.url)
+        writer = await RawClient.open(server.url)
+        try:
+            await sub.send({"type": "SYNC_INIT", "mapName": "cork"})
+            await sub.recv_type("SYNC_RESP_ROOT")
+            sizes = [10, 300, 70_000, 20]
+            ops = [
+                pack(
+                    {
+                        "type": "CLIENT_OP",
+                        "payload": {
+                            "id": str(i + 1),
+                            "mapName": "cork",
+                            "key": f"k{i}",
+                            "opType": "PUT",
+                            "writeConcern": "APPLIED",
+                            "record": {
+                                "value": "v" * n,
+                                "timestamp": {"millis": 1_700_000_000_000, "counter": i, "nodeId": "w"},
+                            },
+                        },
+                    }
+                )
+                for i, n in enumerate(sizes)
+            ]
+            await writer.send(_batch(ops))  # four pushes to `sub` queued in one iteration
+            got = []
+            for _ in sizes:
+                ev = await sub.recv_type("SERVER_EVENT")
+                got.append((ev["payload"]["key"], len(ev["payload"]["record"]["value"])))
+            assert got == [(f"k{i}", n) for i, n in enumerate(sizes)]
+            acks = [(await writer.recv_type("OP_ACK"))["payload"]["lastId"] for _ in sizes]
+            assert acks == ["1", "2", "3", "4"]
+        finally:
+            await sub.ws.close()
+            await writer.ws.close()
