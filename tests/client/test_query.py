@@ -5,12 +5,17 @@ against in-process servers and real ``topgun serve`` processes on SQLite and Pos
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from functools import cmp_to_key
+from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from topgun import P
 from topgun.client import ConnectionSettings, MemoryStorage, SQLiteStorage, TopGunClient
@@ -172,3 +177,67 @@ async def test_query_resubscribes_after_server_restart(server_process: Any, tmp_
     finally:
         await writer.close()
         await reader.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Offline results against the oracle, under random local writes
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
+from predicate_oracle import o_cmp_sort, oracle_match, predicates  # noqa: E402
+
+_values = st.fixed_dictionaries({}, optional={
+    "a": st.one_of(st.none(), st.integers(-3, 3), st.sampled_from(["a", "ab", "b"]), st.booleans()),
+    "b": st.one_of(st.integers(-3, 3), st.sampled_from(["", "a", "ba"])),
+})
+_keys = st.sampled_from([f"k{i}" for i in range(8)])
+
+
+def _oracle(data: dict[str, Any], pred: dict[str, Any] | None, sort: list[tuple[str, str]], limit: int | None
+            ) -> list[tuple[str, Any]]:
+    rows = [(k, v) for k, v in data.items() if pred is None or oracle_match(v, pred)]
+    rows.sort(key=cmp_to_key(lambda x, y: o_cmp_sort(x, y, sort)))
+    return rows[:limit] if limit else rows
+
+
+async def test_offline_results_match_oracle_under_local_writes() -> None:
+    c = TopGunClient("ws://127.0.0.1:9/ws", storage=MemoryStorage(), connect=False)
+    await c.start()
+    counter = {"n": 0}
+    try:
+        @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(
+            st.one_of(st.none(), predicates),
+            st.lists(st.tuples(st.sampled_from(["a", "b", "_key"]), st.sampled_from(["asc", "desc"])),
+                     max_size=2),
+            st.one_of(st.none(), st.integers(1, 4)),
+            st.lists(st.tuples(_keys, st.one_of(st.none(), _values)), max_size=15),
+        )
+        def check(pred: Any, sort: list[tuple[str, str]], limit: int | None, writes: list[Any]) -> None:
+            counter["n"] += 1
+            name = f"m{counter['n']}"
+            m = c.get_map(name)
+            data: dict[str, Any] = {}
+            q = c.query(name, predicate=pred, sort=sort, limit=limit)
+            log: list[QueryChange] = []
+            q.subscribe(log.append)
+            view: dict[str, Any] = {}
+            for k, v in writes:
+                if v is None:
+                    m.remove(k)
+                    data.pop(k, None)
+                else:
+                    m.set(k, v)
+                    data[k] = v
+                assert q.results == _oracle(data, pred, sort, limit)
+            for ch in log:  # the change stream replays to the same result set
+                if ch.change_type is ChangeType.LEAVE:
+                    del view[ch.key]
+                else:
+                    view[ch.key] = ch.value
+            assert view == dict(q.results)
+            q.close()
+
+        check()
+        assert counter["n"] >= 20
+    finally:
+        await c.close()

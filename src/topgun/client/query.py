@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import uuid
 import weakref
@@ -128,6 +129,13 @@ class QueryHandle:
         self.error: QueryError | None = None
         self._settled_event = asyncio.Event()
         self._map = manager.client.get_map(map_name)
+        #: local matches: key -> (sort key, projected value), kept up to date from map events
+        self._local: dict[str, tuple[tuple[Any, ...], Any]] = {}
+        if self.local:
+            filt, key, fields = self._filter, self._key, self.fields
+            for k, v in self._map.items():
+                if v is not None and filt(v):
+                    self._local[k] = (key(k, v), project(v, fields))
         self._off_map = self._map.subscribe(self._on_map_event) if self.local else None
         self._recompute(emit=False)
 
@@ -229,8 +237,14 @@ class QueryHandle:
         self._recompute()
 
     def _on_map_event(self, event: MapEvent) -> None:
-        if not self._closed:
-            self._recompute()
+        if self._closed:
+            return
+        k, v = event.key, event.value
+        if v is not None and self._filter(v):
+            self._local[k] = (self._key(k, v), project(v, self.fields))
+        elif self._local.pop(k, None) is None and k not in self._server_rows:
+            return  # neither matched before nor now: nothing visible can change
+        self._recompute()
 
     # -- evaluation --------------------------------------------------------------------------------
     def _compute(self) -> list[tuple[str, Any]]:
@@ -240,18 +254,16 @@ class QueryHandle:
                 key = self._key
                 rows.sort(key=lambda kv: key(kv[0], kv[1]))
             return rows[: self.limit] if self.limit else rows
-        filt, key, fields = self._filter, self._key, self.fields
+        key = self._key
         replica = self._map
-        ranked: list[tuple[Any, str, Any]] = []
-        for k, v in replica.items():
-            if v is not None and filt(v):
-                ranked.append((key(k, v), k, project(v, fields)))
+        ranked: list[tuple[Any, str, Any]] = [(sk, k, v) for k, (sk, v) in self._local.items()]
         for k, v in self._server_rows.items():
             if replica.get_record(k) is None:  # the replica has never seen this key: trust the server
                 ranked.append((key(k, v), k, v))
-        ranked.sort(key=lambda r: r[0])
-        if self.limit:
-            ranked = ranked[: self.limit]
+        if self.limit and self.limit < len(ranked):
+            ranked = heapq.nsmallest(self.limit, ranked, key=lambda r: r[0])
+        else:
+            ranked.sort(key=lambda r: r[0])
         return [(k, v) for _, k, v in ranked]
 
     def _recompute(self, *, emit: bool = True) -> None:
