@@ -9,6 +9,7 @@ from topgun.client.counter import CounterHandle
 from topgun.client.engine import SyncEngine
 from topgun.client.lock import LockHandle
 from topgun.client.maps import LWWMapHandle, ORMapHandle
+from topgun.client.query import QueryChange, QueryHandle
 from topgun.client.state import ChangeOrigin, ConnectionState, MapEvent, ORMapEvent
 from topgun.client.storage import ClientStorage, MemoryStorage, SQLiteStorage
 from topgun.client.topic import TopicEvent, TopicHandle
@@ -26,6 +27,8 @@ __all__ = [
     "MemoryStorage",
     "ORMapEvent",
     "ORMapHandle",
+    "QueryChange",
+    "QueryHandle",
     "SQLiteStorage",
     "SyncEngine",
     "TopGunClient",
