@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gridkit import batch, connect, now_ms, put, remove, serving
+from gridkit import batch, connect, now_ms, or_add, put, remove, serving
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rawclient import RawClient
@@ -331,3 +331,21 @@ async def test_against_topgun_serve_process(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 20)
+
+
+async def test_or_map_queries_are_empty_and_query_sub_makes_the_connection_interested() -> None:
+    async with serving("memory://") as server:
+        w = Writer(await connect(server))
+        await w.c.send(batch(or_add("o1", "tags", "x", "red", w.t)))
+        await recv_type(w.c, "OP_ACK")
+        s = await connect(server)
+        await s.send(sub_msg("q", "tags", {}))
+        resp = (await recv_type(s, "QUERY_RESP"))["payload"]
+        assert resp["results"] == [] and "code" not in resp
+        # §5.7: QUERY_SUB on M makes the connection interested in M: it gets SERVER_EVENTs too
+        await s.send(sub_msg("q2", "todos", {"where": {"x": 1}}))
+        await recv_type(s, "QUERY_RESP")
+        await w.put("todos", "k", {"x": 2})
+        ev = await s.recv()
+        assert ev["type"] == "SERVER_EVENT" and ev["payload"]["key"] == "k"
+        await no_updates(s)
