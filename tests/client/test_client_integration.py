@@ -179,3 +179,51 @@ async def test_server_restart_mid_stream_loses_no_acknowledged_op(server_process
     assert acked_max > 0  # the crash hit ops the client had already dropped from its op log
     assert sorted(lww["stream"]) == sorted(f"k{i}" for i in range(1500))
     assert all(lww["stream"][f"k{i}"].value == i for i in range(1500))
+
+
+async def test_rejected_op_is_reported_and_leaves_the_op_log(server) -> None:
+    async with TopGunClient(server.url, settings=FAST) as a, TopGunClient(server.url, settings=FAST) as b:
+        a.get_map("kind").set("k", 1)
+        await a.flush(10)
+        seen: list[Any] = []
+        b.on_rejected(seen.append)
+        b.get_or_map("kind").add("k", "x")  # an OR op on an LWW map: refused with 409
+        await b.flush(10)
+        assert b.pending_ops == 0
+        assert [(e.code, e.op_id) for e in b.rejected] == [(409, "1")]
+        assert seen == b.rejected
+
+
+async def test_gc_prune_and_sync_reset_against_the_server(server_storage_url: str, tmp_path: Path) -> None:
+    from topgun.server.app import TopGunServer
+
+    srv = TopGunServer(port=0, storage=server_storage_url, tombstone_retention=0.4, gc_interval=0.2)
+    await srv.start()
+    try:
+        stale_db = tmp_path / "stale.db"
+        async with TopGunClient(srv.url, settings=FAST) as a:
+            ma = a.get_map("gc")
+            ma.set("k1", "live")
+            ma.set("k2", "keep")
+            await a.flush(10)
+            # A client that synced now and then goes offline with k1 alive.
+            async with TopGunClient(srv.url, storage=SQLiteStorage(stale_db), settings=FAST) as stale:
+                stale.get_map("gc")
+                await stale.wait_synced(10)
+                assert stale.get_map("gc").get("k1") == "live"
+            ma.remove("k1")
+            await a.flush(10)
+            assert ma.get_record("k1").value is None
+            # After the retention the server prunes the tombstone and tells every open connection.
+            await until(lambda: ma.get_record("k1") is None, timeout=10, what="GC_PRUNE to reach a")
+            assert ma.get("k2") == "keep"
+        # The stale client's SYNC_INIT is older than the prune horizon: SYNC_RESET_REQUIRED, then a
+        # clean resync, so the deleted key does not survive on it.
+        async with TopGunClient(srv.url, storage=SQLiteStorage(stale_db), settings=FAST) as stale:
+            m = stale.get_map("gc")
+            await until(lambda: m.get("k1") is None and m.get("k2") == "keep", timeout=10,
+                        what="the stale client to reset")
+            await stale.wait_synced(10)
+            assert dict(m.records()) == {"k2": m.get_record("k2")}
+    finally:
+        await srv.stop()

@@ -220,7 +220,7 @@ def test_bulk_transaction_is_stored_as_a_segment_and_compacted_on_open(tmp_path:
     assert ops[0] == StoredOp(1, "m", OpKind.LWW, "k1", {"i": 1}, Timestamp(1001, 0, "n"), None, None)
     # A partial ack inside the segment: the acknowledged prefix is gone, also after a reopen.
     st.delete_ops_upto(100)
-    assert [o.op_id for o in st.load_ops()][0] == 101
+    assert next(o.op_id for o in st.load_ops()) == 101
     # A newer single write to a key of the segment must survive compaction.
     st.write_lww("m", "k2", LWWRecord("newer", Timestamp(10**12, 0, "n")), n + 2)
     st.close()
