@@ -90,11 +90,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--plot", metavar="FILE", help="draw throughput and latency to FILE (PNG; needs matplotlib)"
     )
+    p.add_argument(
+        "--runs", type=int, default=1, help="repeat everything N times and report medians (default 1)"
+    )
     p.add_argument("--quiet", action="store_true", help="no live progress display")
     return p
 
 
-def plan(scenarios: list[str], storages: list[str] | None, pg_url: str) -> tuple[list[tuple[str, str]], list[str]]:
+def plan(
+    scenarios: list[str], storages: list[str] | None, pg_url: str
+) -> tuple[list[tuple[str, str]], list[str]]:
     """The (scenario, storage URL) pairs to run, and notes about anything left out."""
     from topgun.bench import baselines
 
@@ -181,8 +186,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         disable=args.quiet,
         transient=True,
     ) as progress:
-        for name, storage in pairs:
-            label = f"{name} ({storage_kind(storage).value})"
+        for run_no, (name, storage) in [(i, p) for i in range(args.runs) for p in pairs]:
+            label = f"{name} ({storage_kind(storage).value})" + (
+                f" run {run_no + 1}" if args.runs > 1 else ""
+            )
             task = progress.add_task(label, total=None, rate="starting")
 
             def on_progress(what: str, n: float, t: float, task: Any = task) -> None:
@@ -210,6 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 failures.append(f"{label}: {type(exc).__name__}: {exc}")
                 progress.console.print(f"[red]failed[/red] {label}: {exc}")
             progress.remove_task(task)
+    rows = report.medians(rows)
     info = report.machine()
     info["elapsed_s"] = round(time.time() - started, 1)
     if rows:

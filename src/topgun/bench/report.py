@@ -7,7 +7,7 @@ import platform
 import subprocess
 from typing import Any
 
-__all__ = ["machine", "markdown_table", "plot", "summary_table"]
+__all__ = ["machine", "markdown_table", "medians", "plot", "summary_table"]
 
 
 def machine() -> dict[str, Any]:
@@ -46,6 +46,36 @@ def machine() -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         info["commit"] = None
     return info
+
+
+def medians(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (scenario, storage): the run with the median figure, with the baselines' median.
+
+    Each returned row carries ``runs`` (every run's figure) and
+    ``baseline_runs``; the ratio is median ours / median baseline. With one
+    run per pair the rows are returned unchanged apart from those two lists.
+    """
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["scenario"], r["storage"]), []).append(r)
+    out = []
+    for group in groups.values():
+        ranked = sorted(group, key=lambda r: r["ours"] if r["ours"] is not None else -1.0)
+        mid = dict(ranked[(len(ranked) - 1) // 2])
+        mid["runs"] = [r["ours"] for r in group]
+        bases = sorted(r["baseline_value"] for r in group if r["baseline_value"] is not None)
+        mid["baseline_runs"] = [r["baseline_value"] for r in group]
+        if bases:
+            mid["baseline_value"] = bases[(len(bases) - 1) // 2]
+            if mid["ours"] is not None:
+                mid["ratio"] = mid["ours"] / mid["baseline_value"]
+            if mid.get("ratio_target") is not None and mid["ratio"] is not None:
+                met = mid["ratio"] >= mid["ratio_target"]
+                if mid.get("p99_target_ms") is not None and mid.get("latency_ms"):
+                    met = met and mid["latency_ms"]["p99"] <= mid["p99_target_ms"]
+                mid["met"] = met
+        out.append(mid)
+    return out
 
 
 def _num(v: float | None, digits: int = 0) -> str:
