@@ -118,7 +118,8 @@ def plan(
         for s in storages:
             kind = storage_kind(s)
             writes = name in (Scenario.FIRE_AND_FORGET.value, Scenario.FIRE_AND_WAIT.value)
-            if not explicit and not writes and kind is not StorageKind.MEMORY:
+            grid_memory = name == Scenario.MEMORY.value and kind is StorageKind.SQLITE
+            if not explicit and not writes and not grid_memory and kind is not StorageKind.MEMORY:
                 continue
             pairs.append((name, s))
     return pairs, notes
