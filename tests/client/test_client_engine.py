@@ -152,6 +152,28 @@ def test_batches_are_bounded_and_acks_must_match_exactly(store: LocalStore) -> N
     assert store.pending_count == 0 and store.storage.load_ops() == []
 
 
+def test_unacknowledged_ops_in_flight_are_bounded(store: LocalStore) -> None:
+    for i in range(2600):
+        store.lww_set("m", f"k{i}", i)
+    engine = SyncEngine(store, batch_size=500, max_inflight_ops=1000)
+    out = ready(engine)
+    assert [len(b.ops) for b in out if isinstance(b, OpBatch)] == [500, 500]
+    # New ops wait behind the window too, and are never queued twice.
+    store.lww_set("m", "new", 1)
+    assert engine.pump() == []
+    more = [wire(m) for m in engine.receive(wire(OpAck(last_id="500")))]
+    assert [(b.ops[0].id, b.ops[-1].id) for b in more] == [("1001", "1500")]
+    sent: list[str] = []
+    acks = ["1000", "1500"]
+    while acks:
+        nxt = [wire(m) for m in engine.receive(wire(OpAck(last_id=acks.pop(0))))]
+        for b in nxt:
+            sent.extend(o.id for o in b.ops)
+            acks.append(b.ops[-1].id)
+    assert sent == [str(i) for i in range(1501, 2602)]
+    assert store.pending_count == 0
+
+
 def test_new_ops_are_sent_once_and_resent_after_reconnect(store: LocalStore) -> None:
     engine = SyncEngine(store)
     ready(engine)

@@ -169,7 +169,7 @@ async def test_backpressure_raises_or_waits() -> None:
         waiter = asyncio.ensure_future(m.aset("over", 1))
         await asyncio.sleep(0.05)
         assert not waiter.done()
-        batch_last = str(max(c.engine.session.inflight))
+        batch_last = str(max(c.engine.session.inflight)[0])
         c.engine.receive(OpAck(last_id=batch_last))
         rec = await asyncio.wait_for(waiter, 2)
         assert m.get("over") == 1 and rec.value == 1

@@ -89,9 +89,11 @@ class _Session:
     needs_token: bool = False  # AUTH_REQUIRED arrived and we had no token to send
     auth_failed: AuthFail | None = None
     sent_last_ids: set[str] = field(default_factory=set)
-    inflight: deque[int] = field(default_factory=deque)  # last ids of unacked batches
+    inflight: deque[tuple[int, int]] = field(default_factory=deque)  # (last id, ops) of unacked batches
+    inflight_ops: int = 0
     unsent: deque[int] = field(default_factory=deque)
     max_sent: int = 0
+    max_queued: int = 0  # highest op id put into ``unsent`` on this session
     sync_outstanding: dict[str, int] = field(default_factory=dict)
     sync_sent_upto: dict[str, int] = field(default_factory=dict)
     reset_done: set[str] = field(default_factory=set)
@@ -107,11 +109,15 @@ class SyncEngine:
         store: LocalStore,
         *,
         batch_size: int = 500,
+        max_inflight_ops: int = 10_000,
         monotonic: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], int] | None = None,
     ) -> None:
         self.store = store
         self.batch_size = max(1, int(batch_size))
+        #: Unacknowledged ops sent on one connection at most; more follow as acks arrive, so a
+        #: long op log does not hit a server's rate limit (the reference allows a 40,000 burst).
+        self.max_inflight_ops = max(self.batch_size, int(max_inflight_ops))
         self._mono = monotonic
         self._wall = wall_clock or (lambda: time.time_ns() // 1_000_000)
         self.session = _Session()
@@ -274,6 +280,7 @@ class SyncEngine:
         s.hello_mode = False
         s.last_pong = self._mono()
         s.unsent = deque(i for i, _ in self.store.pending_ops())
+        s.max_queued = s.unsent[-1] if s.unsent else 0
         out: list[Message] = self._drain_unsent()
         for name in list(self.store.lww_maps):
             out.extend(self.sync_map(name))
@@ -296,15 +303,16 @@ class SyncEngine:
             return []
         pending = self.store.pending
         order = self.store._pending_order
-        if order:
-            # New ops are exactly the pending ids above the highest one sent on this session.
+        if order and order[-1] > s.max_queued:
+            # New ops are exactly the pending ids above the highest one queued on this session.
             start = len(order)
-            while start > 0 and order[start - 1] > s.max_sent:
+            while start > 0 and order[start - 1] > s.max_queued:
                 start -= 1
             for i in range(start, len(order)):
                 op_id = order[i]
                 if op_id in pending:
                     s.unsent.append(op_id)
+            s.max_queued = order[-1]
         return self._drain_unsent()
 
     def resend_unacked(self) -> list[Message]:
@@ -314,6 +322,9 @@ class SyncEngine:
             return []
         s.resend_requested = False
         s.unsent = deque(i for i, _ in self.store.pending_ops())
+        s.max_queued = max(s.max_queued, s.unsent[-1] if s.unsent else 0)
+        s.inflight.clear()
+        s.inflight_ops = 0
         return self._drain_unsent()
 
     def _drain_unsent(self) -> list[Message]:
@@ -321,7 +332,7 @@ class SyncEngine:
         pending = self.store.pending
         out: list[Message] = []
         unsent = s.unsent
-        while unsent:
+        while unsent and s.inflight_ops < self.max_inflight_ops:
             ops: list[ClientOp] = []
             size = 0
             last = 0
@@ -343,7 +354,8 @@ class SyncEngine:
                 break
             last_id = str(last)
             s.sent_last_ids.add(last_id)
-            s.inflight.append(last)
+            s.inflight.append((last, len(ops)))
+            s.inflight_ops += len(ops)
             if last > s.max_sent:
                 s.max_sent = last
             out.append(OpBatch(ops=list(ops)))
@@ -358,11 +370,11 @@ class SyncEngine:
             return []
         n = int(last_id)
         s.sent_last_ids.discard(last_id)
-        while s.inflight and s.inflight[0] <= n:
-            s.inflight.popleft()
+        while s.inflight and s.inflight[0][0] <= n:
+            s.inflight_ops -= s.inflight.popleft()[1]
         self.store.ack_upto(n)
         self._progress()
-        return []
+        return self._drain_unsent() if s.unsent else []
 
     def _on_op_rejected(self, msg: OpRejected) -> list[Message]:
         op_id = msg.op_id
