@@ -428,3 +428,38 @@ def test_live_window_matches_oracle(
         expected = oracle_rows(w.maps["m"], query)[:limit]
         # the client's view is always exactly the oracle's top N, with current values
         assert view == dict(expected)
+
+
+@pytest.mark.parametrize("direction", ["asc", "desc"])
+@pytest.mark.parametrize("with_nil", [False, True])
+def test_sorted_index_walk_for_top_n_matches_oracle(direction: str, with_nil: bool) -> None:
+    import random
+
+    rng = random.Random(f"{direction}{with_nil}")
+    w = World(reserve=4)
+    data = w.maps.setdefault("m", {})
+    pool: list[Any] = [1, 2, 2.0, 3.5, -1, "a", "b", "ab", True, False, [1], {"x": 1}, b"z"]
+    for i in range(3000):
+        v: dict[str, Any] = {"t": rng.choice(["x", "y", "z"]), "n": i}
+        r = rng.random()
+        if r < 0.8:
+            v["p"] = rng.randrange(200)
+        elif r < 0.95 or not with_nil:
+            v["p"] = rng.choice(pool)
+        data[f"k{i:04d}"] = v
+    q = {"predicate": P.like("t", "x"), "sort": [{"field": "p", "direction": direction}], "limit": 7}
+    snap = w.engine.subscribe(Conn(1), "q", "m", q)
+    expected = oracle_rows(data, q)
+    assert snap.results == expected[:7]
+    walked = w.engine.stats["full_scans"] == 0
+    # descending with nil fields cannot walk (nil first); everything else must walk the index
+    assert walked is not (direction == "desc" and with_nil)
+    view = dict(snap.results)
+    for step in range(120):
+        k = f"k{rng.randrange(3000):04d}"
+        if step % 5 == 0:
+            apply_events(view, w.delete("m", k))
+        else:
+            val = {"t": rng.choice(["x", "y"]), "p": rng.choice([*pool, rng.randrange(200), -5, 500])}
+            apply_events(view, w.put("m", k, val))
+        assert view == dict(oracle_rows(data, q)[:7]), step

@@ -538,8 +538,13 @@ class QueryEngine:
         return ((k, get(k)) for k in cand)
 
     def _fill(self, sub: Subscription, view: Any, values: dict[str, Any] | None = None) -> int:
-        """(Re)build the remembered rows of ``sub`` from the map; returns how many rows match."""
+        """(Re)build the remembered rows of ``sub`` from the map; returns how many rows match
+        (a lower bound greater than the window when the rows came from an ordered index walk)."""
         cand = self._candidates(sub.map_name, sub.spec, view)
+        if cand is None and sub.spec.sort:
+            total = self._fill_ordered(sub, view, values)
+            if total is not None:
+                return total
         filt, key_fn, after = sub.filter, sub.key_fn, sub.after
         matched: list[tuple[Any, ...]] = []
         for k, v in self._pairs(view, cand):
@@ -563,6 +568,74 @@ class QueryEngine:
         sub.rows = keep
         sub.pos = {sk[-1]: sk for sk in keep}
         return total
+
+    def _fill_ordered(self, sub: Subscription, view: Any, values: dict[str, Any] | None) -> int | None:
+        """Fill the window by walking the sorted index of the first sort field in query order and
+        stopping once the window and its reserve are certain; ``None`` when that is not possible
+        (small map, no index, ``_key`` sort, or nil fields that would have to come first)."""
+        field, direction = sub.spec.sort[0]
+        size = len(view)
+        if field == "_key" or size < 2 * sub.keep or size < 1024:
+            return None
+        sidx = self._sorted.get(sub.map_name, {}).get(field)
+        if sidx is None:
+            if not self.auto_index:
+                return None
+            sidx = self.ensure_index(sub.map_name, field, "sorted")  # type: ignore[assignment]
+        assert isinstance(sidx, SortedIndex)
+        n_nil = size - len(sidx.by_key) - len(sidx.others)
+        desc = direction == "desc"
+        if desc and n_nil > 0:
+            return None  # nil sorts first in descending order: a scan is needed anyway
+        filt, key_fn, after, get = sub.filter, sub.key_fn, sub.after, view.get
+        pool: list[tuple[Any, ...]] = []
+
+        def take(k: str) -> bool:
+            v = get(k)
+            if v is None or not filt(v):
+                return False
+            sk = key_fn(k, v)
+            if after is not None and not sk > after:
+                return False
+            pool.append(sk)
+            if values is not None:
+                values[k] = v
+            return True
+
+        for k in sidx.others:  # ranked by type around the indexed values: always in the pool
+            take(k)
+        need = sub.keep + 1
+        found = 0
+        last_rk: Any = None
+        stopped = False
+        walk = reversed(sidx.items) if desc else iter(sidx.items)
+        for rk, k in walk:
+            if found >= need and rk != last_rk:
+                stopped = True
+                break
+            if take(k):
+                found += 1
+                last_rk = rk
+        if not stopped and n_nil > 0:
+            return None  # the nil rows (last in ascending order) may be needed
+        if stopped:
+            keep = heapq.nsmallest(need, pool)
+            sub.horizon = keep.pop()
+            sub.complete = False
+            sub.rows = keep
+            sub.pos = {sk[-1]: sk for sk in keep}
+            return len(pool)
+        if len(pool) > sub.keep:
+            keep = heapq.nsmallest(need, pool)
+            sub.horizon = keep.pop()
+            sub.complete = False
+        else:
+            keep = sorted(pool)
+            sub.horizon = None
+            sub.complete = True
+        sub.rows = keep
+        sub.pos = {sk[-1]: sk for sk in keep}
+        return len(pool)
 
     def _aggregate(self, sub: Subscription, rows: list[tuple[str, Any]], status: CursorStatus) -> Snapshot:
         spec = sub.spec

@@ -106,18 +106,26 @@ class HashIndex:
 
 
 class SortedIndex:
-    """Ordered ``((class, value), key)`` pairs of the numeric and string values of ``field``."""
+    """Ordered ``((class, value), key)`` pairs of the numeric and string values of ``field``,
+    plus the keys whose field holds any other non-nil value (``others``: booleans, arrays,
+    maps, binary, ext, NaN). Keys absent from both have a missing or nil field."""
 
-    __slots__ = ("by_key", "field", "items")
+    __slots__ = ("by_key", "field", "items", "others")
 
     def __init__(self, field: str) -> None:
         self.field = field
         self.items: SortedList = SortedList()
         self.by_key: dict[str, tuple[int, Any]] = {}
+        self.others: set[str] = set()
 
     def update(self, key: str, value: Any) -> None:
         """Index the record ``key`` with live ``value`` (``None``: the record is gone)."""
-        new = range_key(get_field(value, self.field)) if value is not None else None
+        fv = get_field(value, self.field) if value is not None else None
+        new = range_key(fv) if fv is not None else None
+        if new is None and fv is not None:
+            self.others.add(key)
+        else:
+            self.others.discard(key)
         old = self.by_key.get(key)
         if old is not None:
             if new is not None and old == new and type(old[1]) is type(new[1]):
