@@ -38,7 +38,8 @@ class TopGunClient:
     can refresh expired tokens), or None for a no-auth server. ``node_id`` is
     the HLC node id; by default a random lowercase UUID kept in storage.
     ``max_pending_ops`` caps the op log (writes beyond it raise
-    ``BackpressureError``, or wait with the ``a*`` variants).
+    ``BackpressureError``, or wait with the ``a*`` variants). ``batch_size`` ops go in
+    one ``OP_BATCH``; at most ``max_inflight_ops`` unacknowledged ops are on the wire at once.
     """
 
     def __init__(
@@ -50,6 +51,7 @@ class TopGunClient:
         node_id: str | None = None,
         max_pending_ops: int = 100_000,
         batch_size: int = 500,
+        max_inflight_ops: int = 10_000,
         settings: ConnectionSettings | None = None,
         connect: bool = True,
     ) -> None:
@@ -63,7 +65,7 @@ class TopGunClient:
             node_id=node_id,
             max_pending_ops=max_pending_ops,
         )
-        self._engine = SyncEngine(self._store, batch_size=batch_size)
+        self._engine = SyncEngine(self._store, batch_size=batch_size, max_inflight_ops=max_inflight_ops)
         self._settings = settings or ConnectionSettings()
         self._token: TokenSource = token
         self._autoconnect = connect
