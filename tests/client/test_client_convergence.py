@@ -29,6 +29,7 @@ action = st.one_of(
     st.tuples(st.just("or_remove"), st.integers(0, N_CLIENTS - 1), st.sampled_from(KEYS), st.integers(0, 2)),
     st.tuples(st.just("toggle"), st.integers(0, N_CLIENTS - 1)),
     st.tuples(st.just("wait"), st.sampled_from([0.0, 0.005, 0.02])),
+    st.tuples(st.just("restart"), st.just(0)),  # client 0 (SQLite) closes and starts again
 )
 
 
@@ -72,6 +73,12 @@ async def scenario(storage_url: str, actions: list[tuple[Any, ...]], tmp: Path) 
                 c.get_or_map(oname).add(act[2], act[3])
             elif kind == "or_remove":
                 c.get_or_map(oname).remove(act[2], act[3])
+            elif kind == "restart":
+                await c.close()
+                c = TopGunClient(srv.url, storage=SQLiteStorage(tmp / f"c0-{lname}.db"), settings=FAST,
+                                 connect=online[0])
+                await c.start()
+                clients[0] = c
             elif kind == "toggle":
                 if online[act[1]]:
                     await c.disconnect()
