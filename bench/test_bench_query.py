@@ -9,10 +9,14 @@ Run: ``.venv/bin/pytest bench/test_bench_query.py -p no:cacheprovider -s``
 * ``snapshot-1m`` — ``QUERY_SUB`` with an indexed equality predicate (~100 rows) on a
   1,000,000-record map: engine-only time, and ``QUERY_SUB`` → ``QUERY_RESP`` over a real
   socket to an in-process server;
-* ``end-to-end`` — 100 connections holding 10,000 queries on a real server, one writer
-  connection at a fixed rate; write-to-subscriber latency percentiles.
+* ``end-to-end`` — 100 connections holding 10,000 queries on a ``topgun serve`` process, one
+  writer connection at a fixed rate; write-to-subscriber latency percentiles.
 
-Sizes can be scaled down with ``TOPGUN_BENCH_QUERY_SCALE`` (e.g. 0.1) for a quick run.
+Sizes can be scaled down with ``TOPGUN_BENCH_QUERY_SCALE`` (e.g. 0.1) for a quick run. End-to-end
+knobs: ``TOPGUN_BENCH_QUERY_RATE`` (writes/s), ``TOPGUN_BENCH_QUERY_CONNS``,
+``TOPGUN_BENCH_SERVER_PRELUDE`` (Python run in the server process before ``topgun serve``, e.g.
+``import gc; gc.set_threshold(100_000, 50, 1000)``), ``TOPGUN_BENCH_CLIENT_NOGC=1`` (no garbage
+collection in the load generator while measuring).
 """
 
 from __future__ import annotations
@@ -198,8 +202,12 @@ async def _serve(tmp_path: Any, config: dict[str, Any]) -> tuple[Any, str]:
 
     cfg = tmp_path / "topgun.json"
     cfg.write_text(json.dumps(config))
+    pre = os.environ.get("TOPGUN_BENCH_SERVER_PRELUDE")
+    launch = ["-m", "topgun"]
+    if pre:
+        launch = ["-c", f"{pre}; import sys; from topgun.cli import main; sys.exit(main(sys.argv[1:]))"]
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "topgun", "serve", "--port", "0", "--storage", "memory://", "--no-auth",
+        sys.executable, *launch, "serve", "--port", "0", "--storage", "memory://", "--no-auth",
         "--log-level", "WARNING", "--config", str(cfg),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
     )
@@ -211,8 +219,12 @@ async def _serve(tmp_path: Any, config: dict[str, Any]) -> tuple[Any, str]:
 
 
 async def test_end_to_end_latency(tmp_path: Any) -> None:
-    """Server in its own process (``topgun serve``); subscribers and writer here."""
-    import websockets
+    """Server in its own process (``topgun serve``); subscribers and writer here, on picows
+    connections that decode only the ``QUERY_UPDATE`` frames (the ``SERVER_EVENT`` pushes every
+    interested connection also gets are recognised by a byte search and dropped)."""
+    import psutil
+
+    from topgun.bench.worker import Conn, connect_many
 
     n_conns = int(os.environ.get("TOPGUN_BENCH_QUERY_CONNS", str(_n(100))))
     n_queries = _n(10_000)
@@ -221,73 +233,66 @@ async def test_end_to_end_latency(tmp_path: Any) -> None:
     owners = max(1, n_queries // 10)
     proc, url = await _serve(tmp_path, {"query_indexes": {"items": ["owner"]}})
     try:
-        subs = []
         latencies: list[float] = []
         sent_at: dict[str, float] = {}
+        resps = [0]
+        subs: list[Conn] = await connect_many(url, "x", n_conns)
 
-        async def reader(ws: Any) -> None:
-            async for raw in ws:
-                msg = msgpack.unpackb(raw)
-                if msg["type"] == "QUERY_UPDATE":
-                    t = sent_at.get(msg["payload"]["key"])
-                    if t is not None:
-                        latencies.append(time.perf_counter() - t)
+        def on_sub_message(data: bytes) -> None:
+            if b"QUERY_UPDATE" in data:
+                now = time.perf_counter()
+                t = sent_at.get(msgpack.unpackb(data)["payload"]["key"])
+                if t is not None:
+                    latencies.append(now - t)
+            elif b"QUERY_RESP" in data:
+                resps[0] += 1
 
         per = n_queries // n_conns
-        for c in range(n_conns):
-            ws = await websockets.connect(url, max_size=None)
-            await ws.send(msgpack.packb({"type": "AUTH", "token": "x"}))
-            assert msgpack.unpackb(await ws.recv())["type"] == "AUTH_ACK"
+        for c, conn in enumerate(subs):
+            conn.on_message = on_sub_message
             for j in range(per):
                 qi = c * per + j
                 query = {"where": {"owner": f"u{qi % owners}"}}
-                await ws.send(msgpack.packb({"type": "QUERY_SUB", "payload": {
+                conn.send(msgpack.packb({"type": "QUERY_SUB", "payload": {
                     "queryId": f"q{qi}", "mapName": "items", "query": query}}))
-            subs.append(ws)
-        for ws in subs:  # drain the QUERY_RESPs
-            got = 0
-            while got < per:
-                if msgpack.unpackb(await ws.recv())["type"] == "QUERY_RESP":
-                    got += 1
-        tasks = [asyncio.create_task(reader(ws)) for ws in subs]
-        writer = await websockets.connect(url, max_size=None)
-        await writer.send(msgpack.packb({"type": "AUTH", "token": "x"}))
-        assert msgpack.unpackb(await writer.recv())["type"] == "AUTH_ACK"
-
-        async def drain_writer() -> None:
-            async for _ in writer:
-                pass
-
-        wtask = asyncio.create_task(drain_writer())
+        deadline = time.perf_counter() + 120
+        while resps[0] < per * n_conns:
+            assert time.perf_counter() < deadline, "QUERY_RESPs missing"
+            await asyncio.sleep(0.05)
+        (writer,) = await connect_many(url, "x", 1)
+        writer.on_message = lambda data: None
         rng = random.Random(9)
-        now = time.time_ns() // 1_000_000
+        now_ms = time.time_ns() // 1_000_000
         total = int(rate * seconds)
-        import psutil
-
         server_ps = psutil.Process(proc.pid)
         me = psutil.Process()
         server_ps.cpu_percent(None)
         me.cpu_percent(None)
+        import gc
+
+        if os.environ.get("TOPGUN_BENCH_CLIENT_NOGC"):
+            gc.disable()
         t_start = time.perf_counter()
         for i in range(total):
             delay = t_start + i / rate - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
             key = f"w{i}"
-            ts = {"millis": float(now), "counter": i, "nodeId": "bench-writer"}
+            ts = {"millis": float(now_ms), "counter": i, "nodeId": "bench-writer"}
             op = {"id": str(i), "mapName": "items", "key": key, "opType": "PUT",
                   "record": {"value": {"owner": f"u{rng.randrange(owners)}"}, "timestamp": ts}}
             sent_at[key] = time.perf_counter()
-            await writer.send(msgpack.packb({"type": "OP_BATCH", "payload": {"ops": [op]}}))
+            writer.send(msgpack.packb({"type": "OP_BATCH", "payload": {"ops": [op]}}))
         sent_for = time.perf_counter() - t_start
         server_cpu, client_cpu = server_ps.cpu_percent(None), me.cpu_percent(None)
         await asyncio.sleep(2.0)
-        for t in [*tasks, wtask]:
-            t.cancel()
-        for ws in [*subs, writer]:
-            await ws.close()
+        gc.enable()
+        for conn in [*subs, writer]:
+            if conn.transport is not None:
+                conn.transport.disconnect()
         latencies.sort()
         assert latencies, "no QUERY_UPDATE arrived"
+        RESULTS["end-to-end: connections / queries"] = f"{n_conns} / {per * n_conns:,}"
         RESULTS["end-to-end: writes/s offered / sent"] = f"{rate} / {total / sent_for:,.0f}"
         RESULTS["end-to-end: QUERY_UPDATEs received / per write"] = (
             f"{len(latencies):,} / {len(latencies) / total:.1f}"
