@@ -349,3 +349,28 @@ async def test_or_map_queries_are_empty_and_query_sub_makes_the_connection_inter
         ev = await s.recv()
         assert ev["type"] == "SERVER_EVENT" and ev["payload"]["key"] == "k"
         await no_updates(s)
+
+
+async def test_value_ref_auth_claims_and_role_acl() -> None:
+    from rawclient import SECRET, make_token
+
+    acl = {"default": "allow", "rules": [{"map": "hr*", "read": ["hr"], "write": ["hr"]}]}
+    async with serving("memory://", jwt_secret=SECRET, map_acl=acl) as server:
+        alice = await connect(server, make_token(sub="alice", roles=["staff"]))
+        bob = await connect(server, make_token(sub="bob", roles=["hr"]))
+        w = Writer(alice)
+        await w.put("notes", "n1", {"owner": "alice", "text": "a"})
+        await w.put("notes", "n2", {"owner": "bob", "text": "b"})
+        mine = {"predicate": {"op": "eq", "attribute": "owner", "valueRef": "auth.sub"}}
+        for c, who in ((alice, "n1"), (bob, "n2")):
+            await c.send(sub_msg("mine", "notes", mine))
+            resp = (await recv_type(c, "QUERY_RESP"))["payload"]
+            assert [r["key"] for r in resp["results"]] == [who]
+        await w.put("notes", "n3", {"owner": "bob", "text": "c"})
+        assert await updates(bob, 1) == [("ENTER", "n3", {"owner": "bob", "text": "c"})]
+        # the roles claim decides read permission
+        await alice.send(sub_msg("hr", "hr-salaries", {}))
+        assert (await recv_type(alice, "QUERY_RESP"))["payload"]["code"] == "FORBIDDEN"
+        await bob.send(sub_msg("hr", "hr-salaries", {}))
+        resp = (await recv_type(bob, "QUERY_RESP"))["payload"]
+        assert "code" not in resp and resp["results"] == []
