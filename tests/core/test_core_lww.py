@@ -143,6 +143,30 @@ def test_merge_many_returns_changed_in_order(twin):
     assert m.get("a") == 2
 
 
+def test_merge_many_is_one_receive_event_for_the_clock(twin):
+    # The wall clock moves on every read; a batch reads it once and merges every
+    # timestamp against that reading, while single merges read it per call.
+    reads: list[int] = []
+
+    def wall() -> int:
+        reads.append(1000 + 50 * len(reads))
+        return reads[-1]
+
+    m = twin.lww.LWWMap(twin.hlc.HLC("me", wall_clock=wall), merkle=False)
+    assert m.merge_many([]) == [] and reads == []
+    pairs = [("a", R(1, T(900, 0, "o"))), ("b", R(2, T(950, 3, "o"))), ("c", R(3, T(999, 7, "o")))]
+    assert m.merge_many(pairs) == ["a", "b", "c"]
+    assert reads == [1000]
+    # t = 1000 ahead of both, then lastMillis = 1000 ahead of each remote: counter 0, 1, 2.
+    assert m.hlc.state() == (1000, 2)
+    assert m.merge("d", R(4, T(1001, 9, "o"))) is True
+    assert reads == [1000, 1050]
+    assert m.hlc.state() == (1050, 0)
+    assert m.merge_many(iter([("e", R(5, T(1200, 1, "o"))), ("f", R(6, T(1100, 0, "o")))])) == ["e", "f"]
+    assert reads == [1000, 1050, 1100]
+    assert m.hlc.state() == (1200, 3)
+
+
 def test_prune_tombstones_only(twin):
     m = twin.lww.LWWMap()
     m.merge_many(

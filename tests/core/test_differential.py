@@ -320,20 +320,23 @@ def test_large_batch_interrupted_by_drift_keeps_tree_consistent(pure, compiled):
 
 
 def test_batches_survive_callbacks_that_shrink_the_input(pure, compiled):
-    # A wall clock (Python code) empties the caller's list mid-batch: both twins stop
-    # where Python's own list iteration stops, and nothing is read after it is freed.
+    # A clock written in Python empties the caller's list mid-batch (its update runs
+    # once per record): both twins stop where Python's own list iteration stops, and
+    # nothing is read after it is freed.
     results = []
     for twin in (pure, compiled):
         pairs = [(f"k{i}", LWWRecord(i, Timestamp(10 + i, 0, "n"))) for i in range(5000)]
-        calls = [0]
 
-        def wall(pairs=pairs, calls=calls) -> int:
-            calls[0] += 1
-            if calls[0] == 4500:
-                del pairs[100:]
-            return 100
+        class ShrinkingClock(pure.hlc.HLC):
+            calls = 0
 
-        m = twin.lww.LWWMap(twin.hlc.HLC("me", wall_clock=wall), merkle=True)
+            def update(self, remote, wall=None, pairs=pairs):  # type: ignore[no-untyped-def]
+                ShrinkingClock.calls += 1
+                if ShrinkingClock.calls == 4500:
+                    del pairs[100:]
+                super().update(remote, wall)
+
+        m = twin.lww.LWWMap(ShrinkingClock("me", wall_clock=lambda: 100), merkle=True)
         changed = m.merge_many(pairs)
         results.append((changed, m.root_hash, m.records()))
     assert results[0] == results[1]

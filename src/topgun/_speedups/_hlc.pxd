@@ -9,6 +9,7 @@ cdef extern from "Python.h":
 
 
 cdef int ts_cmp_slow(object a, object b) except -2
+cdef bint ts_fields(object remote, long long* rm, long long* rc) except -1
 
 
 cdef inline int ts_cmp(object a, object b) except -2:
@@ -53,4 +54,5 @@ cdef class HLC:
 
     cdef long long _now_ms(self) except? -1
     cdef int c_update(self, object remote) except -1
+    cdef int c_advance(self, long long rm, long long rc, long long t) except -1
     cdef object c_now(self)

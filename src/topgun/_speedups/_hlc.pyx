@@ -111,6 +111,25 @@ cdef bint _as_int(object x, long long* out) except -1:
     return False
 
 
+cdef bint ts_fields(object remote, long long* rm, long long* rc) except -1:
+    """Step 1 of update: the integer millis and counter of ``remote``; False when it must be ignored."""
+    cdef int ovf = 0
+    cdef PyObject* pm
+    cdef PyObject* pc
+    if PyTuple_Check(remote) and PyTuple_GET_SIZE(remote) >= 2:
+        # Borrowed fields: no reference counting on the per-record hot path.
+        pm = PyTuple_GET_ITEM(remote, 0)
+        pc = PyTuple_GET_ITEM(remote, 1)
+        if _long_exact(pm) and _long_exact(pc):
+            rm[0] = _as_ll(pm, &ovf)
+            if ovf == 0:
+                rc[0] = _as_ll(pc, &ovf)
+            if ovf:
+                raise OverflowError("timestamp field does not fit in 64 bits")
+            return True
+    return _as_int(remote[0], rm) and _as_int(remote[1], rc)
+
+
 cdef class HLC:
     """A hybrid logical clock for one node (see :class:`topgun.core._hlc_py.HLC`)."""
 
@@ -165,26 +184,14 @@ cdef class HLC:
         return self.c_now()
 
     cdef int c_update(self, object remote) except -1:
-        cdef long long rm, rc, t, m, c, lm, lc
-        cdef int ovf = 0
-        cdef PyObject* pm = NULL
-        cdef PyObject* pc = NULL
-        if PyTuple_Check(remote) and PyTuple_GET_SIZE(remote) >= 2:
-            # Borrowed fields: no reference counting on the per-record hot path.
-            pm = PyTuple_GET_ITEM(remote, 0)
-            pc = PyTuple_GET_ITEM(remote, 1)
-        if pm != NULL and _long_exact(pm) and _long_exact(pc):
-            rm = _as_ll(pm, &ovf)
-            if ovf == 0:
-                rc = _as_ll(pc, &ovf)
-            if ovf:
-                raise OverflowError("timestamp field does not fit in 64 bits")
-        elif not _as_int(remote[0], &rm) or not _as_int(remote[1], &rc):
+        cdef long long rm, rc
+        if not ts_fields(remote, &rm, &rc):
             return 0
-        if self._wall is None:
-            t = _c_wall()
-        else:
-            t = self._wall()
+        return self.c_advance(rm, rc, self._now_ms())
+
+    cdef int c_advance(self, long long rm, long long rc, long long t) except -1:
+        """Steps 2-5 of update for a parsed remote timestamp and a wall reading ``t``."""
+        cdef long long m, c, lm, lc
         if rm - t > self.max_drift_ms:
             if self.strict:
                 raise ClockDriftError(rm, t, self.max_drift_ms)
@@ -211,9 +218,13 @@ cdef class HLC:
         self._counter = c
         return 0
 
-    def update(self, remote):
-        """Merge a timestamp received from another node (§3.1 update)."""
-        self.c_update(remote)
+    def update(self, remote, wall=None):
+        """Merge a timestamp received from another node (§3.1 update); ``wall``: a reading already taken."""
+        cdef long long rm, rc
+        if wall is None:
+            self.c_update(remote)
+        elif ts_fields(remote, &rm, &rc):
+            self.c_advance(rm, rc, wall)
 
     def drift_exceeded(self, ts):
         """True when ``ts`` is more than ``max_drift_ms`` ahead of the wall clock."""

@@ -97,8 +97,14 @@ class HLC:
             self._counter = c
         return Timestamp(self._millis, self._counter, self.node_id)
 
-    def update(self, remote: Timestamp) -> None:
-        """Merge a timestamp received from another node (§3.1 update)."""
+    def update(self, remote: Timestamp, wall: int | None = None) -> None:
+        """Merge a timestamp received from another node (§3.1 update).
+
+        ``wall`` is the wall-clock reading ``t`` of the receive event when the caller
+        has taken it already (timestamps that arrived together are one event, see
+        ``LWWMap.merge_many``); by default the clock is read here. The clock's
+        guarantees hold for any reading.
+        """
         rm = remote[0]
         rc = remote[1]
         if type(rm) is not int or type(rc) is not int:
@@ -106,7 +112,7 @@ class HLC:
                 return
             rm = int(rm)
             rc = int(rc)
-        t = self._wall()
+        t = self._wall() if wall is None else wall
         if rm - t > self.max_drift_ms:
             if self.strict:
                 raise ClockDriftError(rm, t, self.max_drift_ms)
