@@ -197,3 +197,32 @@ async def test_heartbeat_pongs_keep_a_live_connection() -> None:
             assert c.engine.seconds_since_pong() < 0.5
     finally:
         await srv.stop()
+
+
+@pytest.mark.timeout(60)
+async def test_writes_stay_local_when_an_open_connection_stalls(tmp_path) -> None:
+    """The server accepts the WebSocket, then never reads nor answers: set()/get() do not notice."""
+    from websockets.asyncio.server import serve
+
+    async def stalled(ws) -> None:
+        await ws.wait_closed()  # never calls recv(): its queue fills and it stops reading
+
+    async with serve(stalled, "127.0.0.1", 0, max_queue=1) as server:
+        port = server.sockets[0].getsockname()[1]
+        settings = ConnectionSettings(ping_interval=30, pong_timeout=60)
+        async with TopGunClient(f"ws://127.0.0.1:{port}/ws", storage=SQLiteStorage(tmp_path / "st.db"),
+                                settings=settings, batch_size=100, max_inflight_ops=1000) as c:
+            await c.wait_connected(5)
+            m = c.get_map("m")
+            big = "x" * 2000
+            t0 = time.perf_counter()
+            for i in range(5000):
+                m.set(f"k{i}", {"v": i, "pad": big})
+                assert m.get(f"k{i}")["v"] == i
+                if i % 500 == 0:
+                    await asyncio.sleep(0)  # let the writer task push frames into the stalled socket
+            elapsed = time.perf_counter() - t0
+            assert elapsed < 5.0, elapsed
+            assert c.pending_ops == 5000 and c.connected
+            # Only the bounded window went to the wire; the rest waits in the op log.
+            assert c.engine.session.inflight_ops <= 1000

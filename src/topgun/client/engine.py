@@ -336,7 +336,8 @@ class SyncEngine:
             ops: list[ClientOp] = []
             size = 0
             last = 0
-            while unsent and len(ops) < self.batch_size:
+            limit = min(self.batch_size, self.max_inflight_ops - s.inflight_ops)
+            while unsent and len(ops) < limit:
                 op_id = unsent[0]
                 stored = pending.get(op_id)
                 if stored is None:
