@@ -210,10 +210,42 @@ def test_unsubscribe_and_drop_connection() -> None:
     assert w.put("m", "k2", {"t": 1}) == []
 
 
+def test_identical_queries_share_one_window() -> None:
+    w = World()
+    for i in range(5):
+        w.put("m", f"k{i}", {"t": i % 2, "p": i})
+    q = {"where": {"t": 1}, "sort": [{"field": "p", "direction": "desc"}], "limit": 1}
+    s1 = w.engine.subscribe(Conn(1), "a", "m", q)
+    s2 = w.engine.subscribe(Conn(2), "b", "m", q, fields=["p"])
+    assert s1.results == [("k3", {"t": 1, "p": 3})] and s2.results == [("k3", {"p": 3})]
+    assert s1.has_more and s2.has_more and s1.next_cursor and s2.next_cursor
+    assert w.engine.windows() == 1 and len(w.engine) == 2
+    w.engine.subscribe(Conn(3), "c", "m", dict(q, limit=2))  # another window size: another window
+    assert w.engine.windows() == 2
+    ups = w.put("m", "k9", {"t": 1, "p": 9}, origin=2)
+    got = sorted((c.connection_id, u.query_id, u.change_type.value, u.key, u.value) for c, u in ups)
+    assert got == [
+        (1, "a", "ENTER", "k9", {"t": 1, "p": 9}), (1, "a", "LEAVE", "k3", None),
+        (3, "c", "ENTER", "k9", {"t": 1, "p": 9}), (3, "c", "LEAVE", "k1", None),
+    ]
+    # the writer (2) was skipped but shares the window: its next delta reflects k9 as the leader
+    ups = w.delete("m", "k9")
+    by = {(c.connection_id, u.change_type.value, u.key): u.value for c, u in ups}
+    assert by[(2, "LEAVE", "k9")] is None and by[(2, "ENTER", "k3")] == {"p": 3}
+    w.engine.unsubscribe(1, "a")
+    w.engine.unsubscribe(2, "b")
+    assert w.engine.windows() == 1
+    w.engine.drop_connection(3)
+    assert w.engine.windows() == 0 and w.put("m", "kx", {"t": 1, "p": 99}) == []
+
+
 def test_resubscribe_replaces() -> None:
     w = World()
     w.engine.subscribe(Conn(1), "q", "m", {"where": {"t": 1}})
+    w.engine.subscribe(Conn(1), "q", "m", {"where": {"t": 1}})  # same window: kept, member swapped
+    assert w.engine.windows() == 1 and len(w.put("m", "z", {"t": 1})) == 1
     w.engine.subscribe(Conn(1), "q", "m", {"where": {"t": 2}})
+    assert w.engine.windows() == 1
     assert len(w.engine) == 1
     assert w.put("m", "a", {"t": 1}) == []
     assert len(w.put("m", "b", {"t": 2})) == 1
@@ -262,10 +294,13 @@ def test_write_matching_does_not_scan_every_subscription() -> None:
         w.engine.subscribe(Conn(i), "q", "m", {"where": {"owner": f"u{i}"}})
     for i in range(200):
         w.engine.subscribe(Conn(5000 + i), "r", "m", {"predicate": P.between("price", i * 10, i * 10 + 5)})
+    def conns(cands: Any) -> set[int]:
+        return {cid for win in cands for cid, _ in win.members}
+
     cands = w.engine.candidates("m", None, {"owner": "u17", "price": 42})
-    assert {c.conn_id for c in cands} == {17, 5004}
+    assert conns(cands) == {17, 5004}
     cands = w.engine.candidates("m", {"owner": "u3", "price": 0}, {"owner": "u4", "price": 7})
-    assert {c.conn_id for c in cands} == {3, 4, 5000}
+    assert conns(cands) == {3, 4, 5000}
     ups = w.put("m", "x", {"owner": "u17", "price": 42})
     assert sorted(c.connection_id for c, _ in ups) == [17, 5004]
 
@@ -422,12 +457,25 @@ def test_live_window_matches_oracle(
     assert snap.results == expected[:limit]
     assert snap.has_more == (len(expected) > limit)
     view = dict(snap.results)
-    for key, value in changes:
+    view2: dict[str, Any] | None = None
+    for i, (key, value) in enumerate(changes):
         ups = w.put("m", key, value)
-        apply_events(view, ups)
-        expected = oracle_rows(w.maps["m"], query)[:limit]
+        apply_events(view, [u for u in ups if u[0].connection_id == 1])
+        if view2 is not None:
+            apply_events(view2, [u for u in ups if u[0].connection_id == 2])
+        full = oracle_rows(w.maps["m"], query)
+        expected = full[:limit]
         # the client's view is always exactly the oracle's top N, with current values
         assert view == dict(expected)
+        if view2 is not None:
+            assert view2 == dict(expected)
+        if i == len(changes) // 2:
+            # a second, identical subscription joins the existing window midway
+            snap2 = w.engine.subscribe(Conn(2), "q", "m", query)
+            assert w.engine.windows() == 1
+            assert snap2.results == expected
+            assert snap2.has_more == (len(full) > limit)
+            view2 = dict(snap2.results)
 
 
 @pytest.mark.parametrize("direction", ["asc", "desc"])

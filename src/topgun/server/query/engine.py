@@ -130,37 +130,36 @@ class Snapshot(NamedTuple):
     cursor_status: CursorStatus
 
 
-class Subscription:
-    """One live query of one connection, with its window of remembered rows."""
+class Window:
+    """The shared state of identical live queries: the ordered rows the query currently
+    remembers, and the subscriptions (members) that receive its deltas.
+
+    Subscriptions with the same map, filter, sort, window size, cursor position (and, for
+    ``auth.`` operands, the same claims) share one window: a write is matched and the window
+    maintained once, and the deltas fan out to every member.
+    """
 
     __slots__ = (
         "_plan",
         "after",
-        "aggregate",
         "complete",
-        "conn",
-        "conn_id",
-        "fields",
         "filter",
         "horizon",
         "keep",
+        "key",
         "key_fn",
         "limit",
         "map_name",
+        "members",
         "pos",
-        "query_id",
         "rows",
         "spec",
     )
 
-    def __init__(self, conn: Any, conn_id: int, query_id: str, map_name: str, spec: QuerySpec) -> None:
-        self.conn = conn
-        self.conn_id = conn_id
-        self.query_id = query_id
+    def __init__(self, key: Any, map_name: str, spec: QuerySpec) -> None:
+        self.key = key
         self.map_name = map_name
         self.spec = spec
-        self.fields = spec.fields
-        self.aggregate = spec.group_by is not None
         self.filter: Callable[[Any], bool] = lambda v: False
         self.key_fn = make_sort_key(spec.sort)
         self.limit = 0
@@ -175,9 +174,47 @@ class Subscription:
         #: cursor position: only rows sorting after it belong to the query
         self.after: tuple[Any, ...] | None = None
         self._plan: tuple[str, Any] = ("scan", None)
+        self.members: dict[tuple[int, str], Subscription] = {}
+
+    def __repr__(self) -> str:
+        return f"Window({self.map_name!r}, members={len(self.members)}, rows={len(self.rows)})"
+
+
+class Subscription:
+    """One live query of one connection (``window`` is ``None`` for aggregate queries)."""
+
+    __slots__ = ("conn", "conn_id", "fields", "map_name", "query_id", "spec", "window")
+
+    def __init__(
+        self, conn: Any, conn_id: int, query_id: str, map_name: str, spec: QuerySpec, window: Window | None
+    ) -> None:
+        self.conn = conn
+        self.conn_id = conn_id
+        self.query_id = query_id
+        self.map_name = map_name
+        self.spec = spec
+        self.fields = spec.fields
+        self.window = window
+
+    @property
+    def rows(self) -> list[tuple[Any, ...]]:
+        """The window's remembered rows (empty for aggregates)."""
+        return self.window.rows if self.window is not None else []
+
+    @property
+    def complete(self) -> bool:
+        return self.window.complete if self.window is not None else True
 
     def __repr__(self) -> str:
         return f"Subscription({self.conn_id}:{self.query_id} on {self.map_name!r})"
+
+
+def _window_key(map_name: str, spec: QuerySpec, n: int, after: Any, auth: Mapping[str, Any] | None) -> Any:
+    blob = json.dumps([spec.where, spec.predicate], sort_keys=True, default=repr, separators=(",", ":"))
+    claims = None
+    if auth is not None and '"valueRef"' in blob:
+        claims = json.dumps(dict(auth), sort_keys=True, default=repr)
+    return (map_name, blob, tuple(spec.sort), n, repr(after), claims)
 
 
 def _conjuncts(spec: QuerySpec) -> list[dict[str, Any]]:
@@ -263,11 +300,11 @@ class _MapSubs:
 
     def __init__(self) -> None:
         #: field -> eq_key -> subscriptions
-        self.eq: dict[str, dict[Any, set[Subscription]]] = {}
-        #: field -> ``in`` subscriptions (also candidates when the record's field is an array/map)
-        self.in_other: dict[str, set[Subscription]] = {}
+        self.eq: dict[str, dict[Any, set[Window]]] = {}
+        #: field -> ``in`` windows (also candidates when the record's field is an array/map)
+        self.in_other: dict[str, set[Window]] = {}
         self.ranges: dict[str, IntervalIndex] = {}
-        self.scan: set[Subscription] = set()
+        self.scan: set[Window] = set()
         self.count = 0
 
 
@@ -300,6 +337,7 @@ class QueryEngine:
         self._hash: dict[str, dict[str, HashIndex]] = {}
         self._sorted: dict[str, dict[str, SortedIndex]] = {}
         self._subs: dict[tuple[int, str], Subscription] = {}
+        self._windows: dict[Any, Window] = {}
         self._by_conn: dict[int, dict[str, Subscription]] = {}
         self._by_map: dict[str, _MapSubs] = {}
         #: counters for tests and metrics
@@ -354,11 +392,42 @@ class QueryEngine:
         """
         spec = query if isinstance(query, QuerySpec) else QuerySpec.parse(query, fields)
         cid = int(conn_id if conn_id is not None else getattr(conn, "connection_id", id(conn)))
-        sub = Subscription(conn, cid, query_id, map_name, spec)
-        sub.filter = compile_filter(spec.where, spec.predicate, auth=auth, strict=True)
-        snap = self._snapshot(sub)
-        self.unsubscribe(cid, query_id)
-        self._register(sub)
+        self.stats["snapshots"] += 1
+        now = self._clock()
+        fp = fingerprint(spec.where, spec.predicate, spec.sort)
+        cur = decode_cursor(spec.cursor, fp, spec.sort, now)
+        n = min(spec.limit or self.max_rows, self.max_rows)
+        if spec.group_by is not None:
+            win = Window(None, map_name, spec)
+            win.filter = compile_filter(spec.where, spec.predicate, auth=auth, strict=True)
+            snap = self._aggregate_snapshot(win, cur.status)
+            self.unsubscribe(cid, query_id)
+            sub = Subscription(conn, cid, query_id, map_name, spec, None)
+        else:
+            wkey = _window_key(map_name, spec, n, cur.position, auth)
+            win = self._windows.get(wkey)  # type: ignore[assignment]
+            fresh = win is None
+            if win is None:
+                win = Window(wkey, map_name, spec)
+                win.filter = compile_filter(spec.where, spec.predicate, auth=auth, strict=True)
+                win.after = cur.position
+                win.limit = n
+                win.keep = n + min(max(n, self.reserve), self.max_rows)
+            snap = self._window_snapshot(win, fresh, fp, now, cur.status, spec.fields)
+            old = self._subs.get((cid, query_id))
+            if old is not None and old.window is win:
+                # re-subscribing to the same window: swap the member in place, keep the window
+                self._subs.pop((cid, query_id))
+                self._by_conn[cid].pop(query_id, None)
+            else:
+                self.unsubscribe(cid, query_id)
+            if fresh:
+                self._windows[wkey] = win
+                self._register(win)
+            sub = Subscription(conn, cid, query_id, map_name, spec, win)
+            win.members[(cid, query_id)] = sub
+        self._subs[(cid, query_id)] = sub
+        self._by_conn.setdefault(cid, {})[query_id] = sub
         return snap
 
     def unsubscribe(self, conn_id: int, query_id: str) -> bool:
@@ -371,7 +440,12 @@ class QueryEngine:
             per.pop(query_id, None)
             if not per:
                 del self._by_conn[conn_id]
-        self._unregister(sub)
+        win = sub.window
+        if win is not None:
+            win.members.pop((conn_id, query_id), None)
+            if not win.members:
+                del self._windows[win.key]
+                self._unregister(win)
         return True
 
     def drop_connection(self, conn_id: int) -> int:
@@ -390,11 +464,11 @@ class QueryEngine:
     def __len__(self) -> int:
         return len(self._subs)
 
-    def _register(self, sub: Subscription) -> None:
-        self._subs[(sub.conn_id, sub.query_id)] = sub
-        self._by_conn.setdefault(sub.conn_id, {})[sub.query_id] = sub
-        if sub.aggregate:
-            return  # aggregate queries get no live updates (§5.11 item 8)
+    def windows(self) -> int:
+        """Number of distinct live windows (identical queries share one)."""
+        return len(self._windows)
+
+    def _register(self, sub: Window) -> None:
         ms = self._by_map.get(sub.map_name)
         if ms is None:
             ms = self._by_map[sub.map_name] = _MapSubs()
@@ -425,9 +499,7 @@ class QueryEngine:
         ms.scan.add(sub)
         sub._plan = ("scan", None)
 
-    def _unregister(self, sub: Subscription) -> None:
-        if sub.aggregate:
-            return
+    def _unregister(self, sub: Window) -> None:
         ms = self._by_map.get(sub.map_name)
         if ms is None:
             return
@@ -501,34 +573,34 @@ class QueryEngine:
                 return out
         return None
 
-    def _snapshot(self, sub: Subscription) -> Snapshot:
-        spec = sub.spec
-        self.stats["snapshots"] += 1
-        now = self._clock()
-        fp = fingerprint(spec.where, spec.predicate, spec.sort)
-        cur = decode_cursor(spec.cursor, fp, spec.sort, now)
-        sub.after = cur.position
-        view = self._source(sub.map_name)
-        n = min(spec.limit or self.max_rows, self.max_rows)
-        sub.limit = n
-        sub.keep = n + min(max(n, self.reserve), self.max_rows)
+    def _window_snapshot(
+        self, win: Window, fresh: bool, fp: str, now: int, status: CursorStatus, fields: list[str] | None
+    ) -> Snapshot:
+        view = self._source(win.map_name)
         if view is None:
-            return Snapshot([], False, None, cur.status)
-        if sub.aggregate:
-            cand = self._candidates(sub.map_name, spec, view)
-            pairs = self._pairs(view, cand)
-            filt = sub.filter
-            rows = [(k, v) for k, v in pairs if v is not None and filt(v)]
-            return self._aggregate(sub, rows, cur.status)
-        values: dict[str, Any] = {}
-        total = self._fill(sub, view, values)
-        keep = sub.rows
-        page = keep[:n]
+            if fresh:
+                win.rows, win.pos, win.complete, win.horizon = [], {}, True, None
+            return Snapshot([], False, None, status)
+        n = win.limit
+        if fresh or (not win.complete and len(win.rows) <= n):
+            total = self._fill(win, view)
+        else:
+            total = len(win.rows)  # complete, or more rows remembered than the page: exact enough
+        page = win.rows[:n]
         has_more = total > n
         next_cursor = encode_cursor(fp, page[-1], now) if has_more and page else None
-        fields = sub.fields
-        results = [(sk[-1], project(values[sk[-1]], fields)) for sk in page]
-        return Snapshot(results, has_more, next_cursor, cur.status)
+        get = view.get
+        results = [(sk[-1], project(get(sk[-1]), fields)) for sk in page]
+        return Snapshot(results, has_more, next_cursor, status)
+
+    def _aggregate_snapshot(self, win: Window, status: CursorStatus) -> Snapshot:
+        view = self._source(win.map_name)
+        if view is None:
+            return Snapshot([], False, None, status)
+        pairs = self._pairs(view, self._candidates(win.map_name, win.spec, view))
+        filt = win.filter
+        rows = [(k, v) for k, v in pairs if v is not None and filt(v)]
+        return self._aggregate(win, rows, status)
 
     def _pairs(self, view: Any, cand: Iterable[str] | None) -> Iterable[tuple[str, Any]]:
         if cand is None:
@@ -537,7 +609,7 @@ class QueryEngine:
         get = view.get
         return ((k, get(k)) for k in cand)
 
-    def _fill(self, sub: Subscription, view: Any, values: dict[str, Any] | None = None) -> int:
+    def _fill(self, sub: Window, view: Any, values: dict[str, Any] | None = None) -> int:
         """(Re)build the remembered rows of ``sub`` from the map; returns how many rows match
         (a lower bound greater than the window when the rows came from an ordered index walk)."""
         cand = self._candidates(sub.map_name, sub.spec, view)
@@ -569,7 +641,7 @@ class QueryEngine:
         sub.pos = {sk[-1]: sk for sk in keep}
         return total
 
-    def _fill_ordered(self, sub: Subscription, view: Any, values: dict[str, Any] | None) -> int | None:
+    def _fill_ordered(self, sub: Window, view: Any, values: dict[str, Any] | None) -> int | None:
         """Fill the window by walking the sorted index of the first sort field in query order and
         stopping once the window and its reserve are certain; ``None`` when that is not possible
         (small map, no index, ``_key`` sort, or nil fields that would have to come first)."""
@@ -637,7 +709,7 @@ class QueryEngine:
         sub.pos = {sk[-1]: sk for sk in keep}
         return len(pool)
 
-    def _aggregate(self, sub: Subscription, rows: list[tuple[str, Any]], status: CursorStatus) -> Snapshot:
+    def _aggregate(self, sub: Window, rows: list[tuple[str, Any]], status: CursorStatus) -> Snapshot:
         spec = sub.spec
         group_by = spec.group_by or []
         groups: dict[str, dict[str, Any]] = {}
@@ -676,8 +748,8 @@ class QueryEngine:
         return Snapshot([(k, groups[k]) for k in page], len(ordered) > n, None, status)
 
     # -- deltas -----------------------------------------------------------------------------------
-    def candidates(self, map_name: str, old_value: Any, new_value: Any) -> set[Subscription]:
-        """Subscriptions of ``map_name`` that a change from ``old_value`` to ``new_value`` may affect."""
+    def candidates(self, map_name: str, old_value: Any, new_value: Any) -> set[Window]:
+        """Windows of ``map_name`` that a change from ``old_value`` to ``new_value`` may affect."""
         ms = self._by_map.get(map_name)
         if ms is None:
             return set()
@@ -726,16 +798,22 @@ class QueryEngine:
         if map_name not in self._by_map:
             return []
         out: list[tuple[Any, QueryUpdate]] = []
-        for sub in self.candidates(map_name, old_value, new_value):
-            events = self._apply(sub, key, new_value)
-            if not events or sub.conn_id == origin:
+        for win in self.candidates(map_name, old_value, new_value):
+            events = self._apply(win, key, new_value)
+            if not events:
                 continue
-            for ct, k, v in events:
-                out.append((sub.conn, QueryUpdate(query_id=sub.query_id, key=k, value=v, change_type=ct)))
+            for sub in win.members.values():
+                if sub.conn_id == origin:
+                    continue
+                fields = sub.fields
+                qid, conn = sub.query_id, sub.conn
+                for ct, k, v in events:
+                    pv = project(v, fields) if fields and v is not None else v
+                    out.append((conn, QueryUpdate(query_id=qid, key=k, value=pv, change_type=ct)))
         return out
 
     def _apply_refreshing(
-        self, sub: Subscription, key: str, new_value: Any
+        self, sub: Window, key: str, new_value: Any
     ) -> list[tuple[ChangeType, str, Any]]:
         """The remembered rows ran out (more rows than were remembered left the window): rebuild
         them from the map (the change is already applied there) and diff the top N."""
@@ -749,23 +827,23 @@ class QueryEngine:
             self._fill(sub, view)
         after = [sk[-1] for sk in sub.rows[:n]]
         before_set, after_set = set(before), set(after)
-        fields = sub.fields
         events: list[tuple[ChangeType, str, Any]] = [
             (ChangeType.LEAVE, k, None) for k in before if k not in after_set
         ]
         for k in after:
             if k not in before_set:
                 v = new_value if k == key else self._value(sub.map_name, k)
-                events.append((ChangeType.ENTER, k, project(v, fields)))
+                events.append((ChangeType.ENTER, k, v))
             elif k == key:
-                events.append((ChangeType.UPDATE, k, project(new_value, fields)))
+                events.append((ChangeType.UPDATE, k, new_value))
         return events
 
     def _value(self, map_name: str, key: str) -> Any:
         view = self._source(map_name)
         return view.get(key) if view is not None else None
 
-    def _apply(self, sub: Subscription, key: str, new_value: Any) -> list[tuple[ChangeType, str, Any]]:
+    def _apply(self, sub: Window, key: str, new_value: Any) -> list[tuple[ChangeType, str, Any]]:
+        """Update one window for one change; the events carry unprojected values."""
         rows, pos, n = sub.rows, sub.pos, sub.limit
         old_sk = pos.get(key)
         new_sk = None
@@ -794,22 +872,21 @@ class QueryEngine:
                 del pos[evicted[-1]]
                 sub.horizon = evicted if sub.horizon is None or evicted < sub.horizon else sub.horizon
                 sub.complete = False
-        fields = sub.fields
         if before_in and after_in:
-            return [(ChangeType.UPDATE, key, project(new_value, fields))]
+            return [(ChangeType.UPDATE, key, new_value)]
         if before_in:
             events = [(ChangeType.LEAVE, key, None)]
             if len(rows) >= n:
                 k2 = rows[n - 1][-1]
                 if k2 != key:
-                    events.append((ChangeType.ENTER, k2, project(self._value(sub.map_name, k2), fields)))
+                    events.append((ChangeType.ENTER, k2, self._value(sub.map_name, k2)))
             return events
         if after_in:
             events = []
             if len(rows) > n:
                 k2 = rows[n][-1]
                 events.append((ChangeType.LEAVE, k2, None))
-            events.append((ChangeType.ENTER, key, project(new_value, fields)))
+            events.append((ChangeType.ENTER, key, new_value))
             return events
         return []
 
