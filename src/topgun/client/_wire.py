@@ -54,10 +54,12 @@ def as_int(x: Any, field: str = "int") -> int:
 
 
 def ts_to_wire(ts: Timestamp) -> dict[str, Any]:
+    """Wire map of a timestamp."""
     return {"millis": ts[0], "counter": ts[1], "nodeId": ts[2]}
 
 
 def ts_from_wire(d: Any, field: str = "timestamp") -> Timestamp:
+    """Timestamp from its wire map (ints normalized)."""
     if not isinstance(d, dict):
         raise ProtocolError(f"{field} is not a map", field=field)
     node = d.get("nodeId")
@@ -69,6 +71,7 @@ def ts_from_wire(d: Any, field: str = "timestamp") -> Timestamp:
 
 
 def lww_to_wire(r: LWWRecord) -> dict[str, Any]:
+    """Wire map of an LWW record (``ttlMs`` omitted when absent)."""
     out: dict[str, Any] = {"value": r.value, "timestamp": ts_to_wire(r.timestamp)}
     if r.ttl_ms is not None:
         out["ttlMs"] = r.ttl_ms
@@ -76,6 +79,7 @@ def lww_to_wire(r: LWWRecord) -> dict[str, Any]:
 
 
 def lww_from_wire(d: Any, field: str = "record") -> LWWRecord:
+    """LWW record from its wire map."""
     if not isinstance(d, dict):
         raise ProtocolError(f"{field} is not a map", field=field)
     ttl = d.get("ttlMs")
@@ -87,6 +91,7 @@ def lww_from_wire(d: Any, field: str = "record") -> LWWRecord:
 
 
 def or_to_wire(r: ORMapRecord) -> dict[str, Any]:
+    """Wire map of an OR record (``ttlMs`` omitted when absent)."""
     out: dict[str, Any] = {"value": r.value, "timestamp": ts_to_wire(r.timestamp), "tag": r.tag}
     if r.ttl_ms is not None:
         out["ttlMs"] = r.ttl_ms
@@ -94,6 +99,7 @@ def or_to_wire(r: ORMapRecord) -> dict[str, Any]:
 
 
 def or_from_wire(d: Any, field: str = "orRecord") -> ORMapRecord:
+    """OR record from its wire map."""
     if not isinstance(d, dict):
         raise ProtocolError(f"{field} is not a map", field=field)
     tag = d.get("tag")

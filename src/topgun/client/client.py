@@ -239,14 +239,17 @@ class TopGunClient:
 
     @property
     def state(self) -> ConnectionState:
+        """The current :class:`ConnectionState`."""
         return self._state
 
     @property
     def node_id(self) -> str:
+        """This client's HLC node id."""
         return self._store.node_id
 
     @property
     def connected(self) -> bool:
+        """True while the connection is authenticated."""
         return self._engine.ready
 
     def on_state_change(self, callback: Callable[[ConnectionState], None]) -> Callable[[], None]:
@@ -292,6 +295,7 @@ class TopGunClient:
 
     @property
     def max_pending_ops(self) -> int:
+        """The op-log cap."""
         return self._store.max_pending_ops
 
     @property
@@ -393,10 +397,12 @@ class TopGunClient:
 
     @property
     def engine(self) -> SyncEngine:
+        """The sans-I/O :class:`SyncEngine` (for extensions and tests)."""
         return self._engine
 
     @property
     def store(self) -> LocalStore:
+        """The :class:`LocalStore` holding the replicas and the op log."""
         return self._store
 
     def __repr__(self) -> str:

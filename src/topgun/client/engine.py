@@ -168,10 +168,12 @@ class SyncEngine:
 
     @property
     def needs_token(self) -> bool:
+        """True when a JWT server asked for a token and none was sent yet."""
         return self.session.needs_token
 
     @property
     def auth_failed(self) -> AuthFail | None:
+        """The ``AUTH_FAIL`` of this session, if any."""
         return self.session.auth_failed
 
     def start_session(self, token: str | None) -> list[Message]:
@@ -406,11 +408,13 @@ class SyncEngine:
 
     @property
     def resend_requested(self) -> bool:
+        """True when the server dropped frames and unacknowledged ops should be re-sent."""
         return self.session.resend_requested
 
     # -- heartbeat ---------------------------------------------------------------------------------
 
     def ping(self) -> Ping:
+        """A ``PING`` stamped with the wall clock."""
         return Ping(timestamp=self._wall())
 
     def _on_pong(self, msg: Pong) -> list[Message]:
@@ -418,6 +422,7 @@ class SyncEngine:
         return []
 
     def seconds_since_pong(self) -> float:
+        """Seconds since the last ``PONG`` (or since authentication)."""
         return self._mono() - self.session.last_pong
 
     # -- server push -------------------------------------------------------------------------------

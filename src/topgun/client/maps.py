@@ -78,12 +78,15 @@ class LWWMapHandle:
         return iter(self._map.keys())
 
     def keys(self) -> list[str]:
+        """Live keys."""
         return self._map.keys()
 
     def values(self) -> list[Any]:
+        """Values of live keys."""
         return self._map.values()
 
     def items(self) -> list[tuple[str, Any]]:
+        """``(key, value)`` of live keys."""
         return self._map.items()
 
     def records(self) -> list[tuple[str, LWWRecord]]:
@@ -131,6 +134,7 @@ class ORMapHandle:
         return self._map.get(key)
 
     def get_records(self, key: str) -> list[ORMapRecord]:
+        """Every record of ``key`` (expired ones included), in tag order."""
         return self._map.get_records(key)
 
     def __contains__(self, key: object) -> bool:
@@ -143,13 +147,16 @@ class ORMapHandle:
         return iter(self._map.keys())
 
     def keys(self) -> list[str]:
+        """Keys with visible values."""
         return self._map.keys()
 
     def items(self) -> list[tuple[str, list[Any]]]:
+        """``(key, values)`` of keys with visible values."""
         return [(k, self._map.get(k)) for k in self._map.keys()]
 
     @property
     def root_hash(self) -> int:
+        """The Merkle root of this replica."""
         return int(self._map.root_hash)
 
     def subscribe(self, callback: Callable[[ORMapEvent], None]) -> Callable[[], None]:

@@ -145,6 +145,7 @@ class LocalStore:
         self.opened = True
 
     def close(self) -> None:
+        """Write what is held back, remember the next op id, close storage."""
         if not self.opened:
             return
         self.flush_deferred()
@@ -169,6 +170,7 @@ class LocalStore:
     # -- maps --------------------------------------------------------------------------------------
 
     def kind_of(self, name: str) -> MapKind | None:
+        """The kind of a map held locally, or None."""
         if name in self.lww_maps:
             return MapKind.LWW
         if name in self.or_maps:
@@ -206,6 +208,7 @@ class LocalStore:
     # -- listeners ---------------------------------------------------------------------------------
 
     def subscribe(self, name: str, cb: Listener) -> Callable[[], None]:
+        """Register a change listener of map ``name``; returns the unsubscribe callable."""
         lst = self._listeners.setdefault(name, [])
         lst.append(cb)
 
@@ -231,10 +234,12 @@ class LocalStore:
 
     @property
     def pending_count(self) -> int:
+        """Number of unacknowledged ops."""
         return len(self.pending)
 
     @property
     def has_room(self) -> bool:
+        """True while the op log is below its cap."""
         return len(self.pending) < self.max_pending_ops
 
     def _check_room(self, n: int = 1) -> None:
@@ -297,6 +302,7 @@ class LocalStore:
             self._room_waiters.clear()
 
     def drop_ops(self, op_ids: Iterable[int]) -> None:
+        """Remove the given ops from the op log (memory and storage)."""
         ids = [i for i in op_ids if self.pending.pop(i, None) is not None]
         if ids:
             self.storage.delete_ops(ids)
@@ -307,6 +313,7 @@ class LocalStore:
     # -- batching ----------------------------------------------------------------------------------
 
     def begin_batch(self) -> None:
+        """Start a ``client.batch()`` block (one storage transaction; GC paused)."""
         self.storage.begin()
         if self._batch_depth == 0:
             # A bulk load allocates millions of small objects; the cyclic GC would re-scan the
@@ -316,6 +323,7 @@ class LocalStore:
         self._batch_depth += 1
 
     def end_batch(self, ok: bool = True) -> None:
+        """End a ``client.batch()`` block: commit, then send its ops."""
         self._batch_depth -= 1
         if self._batch_depth == 0 and self._gc_was_enabled:
             gc.enable()
@@ -333,6 +341,7 @@ class LocalStore:
     # -- local LWW writes --------------------------------------------------------------------------
 
     def lww_set(self, name: str, key: str, value: Any, ttl_ms: int | None = None) -> LWWRecord:
+        """Local LWW write: apply, commit record + op, notify; ``BackpressureError`` at the cap."""
         if type(key) is not str or value is None or ttl_ms is not None:
             _check_write(key, value, ttl_ms)
         m = self.lww_maps.get(name)
@@ -359,6 +368,7 @@ class LocalStore:
         return record
 
     def lww_remove(self, name: str, key: str) -> LWWRecord:
+        """Local LWW remove (a tombstone), committed with its op."""
         if type(key) is not str:
             raise TypeError("keys are strings")
         m = self.lww_maps.get(name)
@@ -380,6 +390,7 @@ class LocalStore:
     # -- local OR writes ---------------------------------------------------------------------------
 
     def or_add(self, name: str, key: str, value: Any, ttl_ms: int | None = None) -> ORMapRecord:
+        """Local OR add, committed with its op."""
         if not isinstance(key, str):
             raise TypeError("keys are strings")
         if ttl_ms is not None and (type(ttl_ms) is not int or ttl_ms <= 0):
@@ -404,6 +415,7 @@ class LocalStore:
         return record
 
     def or_remove(self, name: str, key: str, value: Any) -> list[str]:
+        """Local OR remove of every record of ``key`` equal to ``value``; one op per removed tag."""
         m = self.ormap(name)
         self._check_room()
         tags = m.remove(key, value)
@@ -505,6 +517,7 @@ class LocalStore:
         st.commit()
 
     def or_apply(self, name: str, key: str, record: ORMapRecord) -> bool:
+        """Apply a remote OR add (persist + notify when it changed anything)."""
         m = self.or_maps.get(name)
         if m is None or not m.apply(key, record):
             return False
@@ -513,6 +526,7 @@ class LocalStore:
         return True
 
     def or_apply_tombstone(self, name: str, tag: str, key: str | None) -> bool:
+        """Apply a remote OR remove of ``tag``."""
         m = self.or_maps.get(name)
         if m is None or m.is_tombstoned(tag):
             return False
@@ -625,11 +639,13 @@ class LocalStore:
     # -- meta --------------------------------------------------------------------------------------
 
     def set_last_sync_timestamp(self, millis: int) -> None:
+        """Remember the millis of the last server sync timestamp (persisted)."""
         if millis != self.last_sync_timestamp:
             self.last_sync_timestamp = millis
             self.storage.set_meta(MetaKey.LAST_SYNC_TIMESTAMP.value, str(millis))
 
     def set_device_token(self, token: str) -> None:
+        """Remember the device credential (persisted)."""
         if token != self.device_token:
             self.device_token = token
             self.storage.set_meta(MetaKey.DEVICE_TOKEN.value, token)

@@ -85,10 +85,12 @@ class Connector:
     # -- control -----------------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Start the connection loop task."""
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="topgun-client")
 
     async def stop(self) -> None:
+        """Stop the loop, close the socket and wait for the task."""
         self._stopping = True
         self._wake.set()
         ws = self._ws

@@ -16,7 +16,11 @@ __all__ = ["MemoryStorage"]
 
 
 class MemoryStorage:
-    """Client storage held in dictionaries."""
+    """Client storage held in dictionaries.
+
+    Its methods implement :class:`~topgun.client.storage.base.ClientStorage`; see the
+    docstrings there.
+    """
 
     def __init__(self) -> None:
         self._meta: dict[str, str] = {}

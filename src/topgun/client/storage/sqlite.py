@@ -89,7 +89,11 @@ def _lww_row(name: str, key: str, r: LWWRecord) -> tuple[Any, ...]:
 
 
 class SQLiteStorage:
-    """Client storage in one SQLite file (``":memory:"`` works too, for tests)."""
+    """Client storage in one SQLite file (``":memory:"`` works too, for tests).
+
+    Its methods implement :class:`~topgun.client.storage.base.ClientStorage`; see the
+    docstrings there.
+    """
 
     def __init__(self, path: str | os.PathLike[str], synchronous: str = "NORMAL") -> None:
         try:
