@@ -227,3 +227,33 @@ async def test_gc_prune_and_sync_reset_against_the_server(server_storage_url: st
             assert dict(m.records()) == {"k2": m.get_record("k2")}
     finally:
         await srv.stop()
+
+
+async def test_or_map_full_resync_after_tombstone_gc(server_storage_url: str, tmp_path: Path) -> None:
+    from topgun.server.app import TopGunServer
+
+    srv = TopGunServer(port=0, storage=server_storage_url, tombstone_retention=0.4, gc_interval=0.2)
+    await srv.start()
+    try:
+        stale_db = tmp_path / "stale-or.db"
+        async with TopGunClient(srv.url, settings=FAST) as a:
+            ta = a.get_or_map("tags")
+            ta.add("k", "gone")
+            ta.add("k", "stays")
+            await a.flush(10)
+            async with TopGunClient(srv.url, storage=SQLiteStorage(stale_db), settings=FAST) as stale:
+                tags = stale.get_or_map("tags")
+                await stale.wait_synced(10)
+                await until(lambda: sorted(tags.get("k")) == ["gone", "stays"], what="stale to sync")
+            ta.remove("k", "gone")
+            await a.flush(10)
+            await until(lambda: ta._map.tombstone_tags() == [], timeout=10, what="GC_PRUNE of the OR tombstone")
+        async with TopGunClient(srv.url, storage=SQLiteStorage(stale_db), settings=FAST) as stale:
+            tags = stale.get_or_map("tags")
+            await until(lambda: tags.get("k") == ["stays"], timeout=10, what="the full resync")
+            await stale.wait_synced(10)
+        # The removed value did not come back to the server through the stale client.
+        _, ors = await observer_view(srv.url, [], ["tags"])
+        assert [v for _, v in ors["tags"]["k"]] == ["'stays'"]
+    finally:
+        await srv.stop()
