@@ -247,7 +247,8 @@ async def test_or_map_full_resync_after_tombstone_gc(server_storage_url: str, tm
                 await until(lambda: sorted(tags.get("k")) == ["gone", "stays"], what="stale to sync")
             ta.remove("k", "gone")
             await a.flush(10)
-            await until(lambda: ta._map.tombstone_tags() == [], timeout=10, what="GC_PRUNE of the OR tombstone")
+            await until(lambda: ta._map.tombstone_tags() == [], timeout=10,
+                        what="GC_PRUNE of the OR tombstone")
         async with TopGunClient(srv.url, storage=SQLiteStorage(stale_db), settings=FAST) as stale:
             tags = stale.get_or_map("tags")
             await until(lambda: tags.get("k") == ["stays"], timeout=10, what="the full resync")
