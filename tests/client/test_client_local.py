@@ -243,3 +243,23 @@ async def test_held_back_remote_merges_never_overwrite_newer_local_writes(tmp_pa
     await c.close()  # close writes what is still held back
     assert dict(probe.load_lww("m"))["z"].value == 1
     probe.close()
+
+
+async def test_unencodable_values_are_refused_before_anything_changes(tmp_path: Path) -> None:
+    async with TopGunClient(DEAD_URL, storage=SQLiteStorage(tmp_path / "u.db"), connect=False) as c:
+        m = c.get_map("m")
+        tags = c.get_or_map("t")
+        for bad in (object(), 2**70, "\ud800", {"nested": {1, 2}}):
+            with pytest.raises(TypeError):
+                m.set("k", bad)
+            with pytest.raises(TypeError):
+                tags.add("k", bad)
+            with c.batch():
+                with pytest.raises(TypeError):
+                    m.set("k", bad)
+        assert m.get("k") is None and m.get_record("k") is None and tags.get("k") == []
+        assert c.pending_ops == 0
+        m.set("k", "fine")
+        assert c.pending_ops == 1
+    async with TopGunClient(DEAD_URL, storage=SQLiteStorage(tmp_path / "u.db"), connect=False) as c:
+        assert c.get_map("m").get("k") == "fine" and c.pending_ops == 1

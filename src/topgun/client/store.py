@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from topgun.client._wire import pack
 from topgun.client.state import ChangeOrigin, MapEvent, ORMapEvent
 from topgun.client.storage.base import ClientStorage, MapKind, MetaKey, OpKind, StoredOp
 from topgun.core.hlc import HLC, wall_millis
@@ -40,6 +41,18 @@ def _check_write(key: Any, value: Any, ttl_ms: Any) -> None:
         raise ValueError("None is not a storable value; use remove()")
     if ttl_ms is not None and (type(ttl_ms) is not int or ttl_ms <= 0):
         raise ValueError("ttl_ms must be a positive int")
+
+
+_SCALARS = (float, bool, bytes)
+
+
+def _check_value(value: Any) -> None:
+    """Refuse a value MsgPack cannot encode *before* anything changes (replica, storage, op log)."""
+    if type(value) not in _SCALARS:
+        try:
+            pack(value)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise TypeError(f"value cannot be encoded: {exc}") from None
 
 log = logging.getLogger("topgun.client")
 
@@ -344,6 +357,8 @@ class LocalStore:
         """Local LWW write: apply, commit record + op, notify; ``BackpressureError`` at the cap."""
         if type(key) is not str or value is None or ttl_ms is not None:
             _check_write(key, value, ttl_ms)
+        if type(value) not in _SCALARS:
+            _check_value(value)
         m = self.lww_maps.get(name)
         if m is None:
             m = self.lww(name)
@@ -395,6 +410,7 @@ class LocalStore:
             raise TypeError("keys are strings")
         if ttl_ms is not None and (type(ttl_ms) is not int or ttl_ms <= 0):
             raise ValueError("ttl_ms must be a positive int")
+        _check_value(value)
         m = self.ormap(name)
         self._check_room()
         record = m.add(key, value, ttl_ms)
