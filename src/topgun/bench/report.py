@@ -158,6 +158,19 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+_SHORT = {
+    "fire-and-forget": "fire&forget",
+    "fire-and-wait": "fire&wait",
+    "fan-out": "fan-out",
+    "sync": "sync",
+}
+
+
+def _label(r: dict[str, Any]) -> str:
+    ack = {"APPLIED": "applied", "PERSISTED": "persisted"}.get(r["ack"] or "", "")
+    return f"{_SHORT.get(r['scenario'], r['scenario'])} {r['storage']} {ack}".strip()
+
+
 def plot(rows: list[dict[str, Any]], path: str, title: str = "topgun bench") -> None:
     """Draw throughput (ours vs baseline) and latency percentiles per scenario into ``path`` (PNG)."""
     import matplotlib
@@ -172,7 +185,7 @@ def plot(rows: list[dict[str, Any]], path: str, title: str = "topgun bench") -> 
     ]
     lat = [r for r in rows if r.get("latency_ms")]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 5.5))
-    labels = [f"{r['scenario']}\n{r['storage']} {r['ack'] or ''}".strip() for r in tp]
+    labels = [_label(r) for r in tp]
     xs = range(len(tp))
     w = 0.4
     ax1.bar([x - w / 2 for x in xs], [r["ours"] for r in tp], w, label="topgun", color="#2a7ab9")
@@ -183,12 +196,12 @@ def plot(rows: list[dict[str, Any]], path: str, title: str = "topgun bench") -> 
         if r["ratio"] is not None:
             ax1.annotate(f"{r['ratio']:.2f}x", (x - w / 2, r["ours"]), ha="center", va="bottom", fontsize=8)
     ax1.set_xticks(list(xs))
-    ax1.set_xticklabels(labels, fontsize=7)
+    ax1.set_xticklabels(labels, fontsize=8, rotation=30, ha="right")
     ax1.set_yscale("log")
     ax1.set_ylabel("per second (log): ops acked / deliveries / records")
     ax1.set_title("throughput")
     ax1.legend()
-    llabels = [f"{r['scenario']}\n{r['storage']} {r['ack'] or ''}".strip() for r in lat]
+    llabels = [_label(r) for r in lat]
     lx = range(len(lat))
     for i, (p, color) in enumerate((("p50", "#7fb800"), ("p99", "#f6511d"), ("max", "#999999"))):
         ax2.bar(
@@ -199,7 +212,7 @@ def plot(rows: list[dict[str, Any]], path: str, title: str = "topgun bench") -> 
             color=color,
         )
     ax2.set_xticks(list(lx))
-    ax2.set_xticklabels(llabels, fontsize=7)
+    ax2.set_xticklabels(llabels, fontsize=8, rotation=30, ha="right")
     ax2.set_yscale("log")
     ax2.set_ylabel("ms (log)")
     ax2.set_title("latency")
