@@ -241,3 +241,28 @@ async def test_offline_results_match_oracle_under_local_writes() -> None:
         assert counter["n"] >= 20
     finally:
         await c.close()
+
+
+async def test_auth_value_ref_queries_are_served_by_the_server() -> None:
+    from topgun.server.app import TopGunServer
+
+    secret = "s" * 40
+    srv = TopGunServer(port=0, storage=f"memory://q-{uuid.uuid4().hex}", jwt_secret=secret)
+    await srv.start()
+    try:
+        import jwt
+
+        def token(sub: str) -> str:
+            return jwt.encode({"sub": sub, "exp": int(time.time()) + 300}, secret, algorithm="HS256")
+
+        alice = await connected(srv.url, token=token("alice"))
+        alice.get_map("notes").set("n1", {"owner": "alice"})
+        alice.get_map("notes").set("n2", {"owner": "bob"})
+        await alice.flush()
+        q = alice.query("notes", predicate={"op": "eq", "attribute": "owner", "valueRef": "auth.sub"})
+        assert not q.local
+        await q.wait_settled()
+        assert keys(q) == ["n1"]
+        await alice.close()
+    finally:
+        await srv.stop()

@@ -111,8 +111,9 @@ class QueryHandle:
         self.cursor = cursor
         self.group_by = list(group_by) if group_by is not None else None
         self.aggregations = [_agg(a) for a in aggregations or []]
-        #: evaluated locally? (``cursor``/``group_by`` queries are server-only)
-        self.local = cursor is None and group_by is None
+        #: evaluated locally? (``cursor``/``group_by`` queries, and predicates with ``auth.``
+        #: operands, whose claims only the server knows, are server-only)
+        self.local = cursor is None and group_by is None and not _uses_auth(self.predicate)
         self._filter = compile_filter(self.where, self.predicate)
         self._key = make_sort_key(self.sort)
         self._server_rows: dict[str, Any] = {}
@@ -291,6 +292,15 @@ class QueryHandle:
                     log.exception("query callback failed")
             for q in self._queues:
                 q.put_nowait(ch)
+
+
+def _uses_auth(node: Any) -> bool:
+    if not isinstance(node, Mapping):
+        return False
+    ref = node.get("valueRef")
+    if isinstance(ref, str) and ref.startswith("auth."):
+        return True
+    return any(_uses_auth(c) for c in node.get("children") or [])
 
 
 def _agg(a: tuple[str, str | None] | Mapping[str, Any]) -> tuple[str, str | None]:
