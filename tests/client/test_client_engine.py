@@ -408,3 +408,29 @@ def test_heartbeat_clock() -> None:
     assert ping.timestamp == 1_700_000_000_123
     engine.receive(wire(Pong(timestamp=ping.timestamp, server_time=1)))
     assert engine.seconds_since_pong() == 0.0
+
+
+def test_covering_epochs_are_confirmed_with_client_apply_ack(store: LocalStore) -> None:
+    from topgun.protocol.messages import ClientApplyAck, ORMapSyncRespLeaf
+
+    store.ormap("a")
+    store.ormap("b")
+    engine = SyncEngine(store)
+    out = ready(engine)
+    assert all(m.claimed_epoch is None for m in out if isinstance(m, ORMapSyncInit))
+    ts = store.hlc.now()
+    # Map a is in sync at epoch 7; b is not confirmed yet: the minimum is 0, nothing is sent.
+    got = [wire(m) for m in engine.receive(wire(ORMapSyncRespRoot(map_name="a", root_hash=0, timestamp=ts,
+                                                                   covering_epoch=7)))]
+    assert got == []
+    rec = ORMapRecord("v", ts, str(ts))
+    leaf = ORMapSyncRespLeaf(map_name="b", path="000", covering_epoch=5,
+                             entries=[ORMapEntry(key="k", records=[rec], tombstones=[])])
+    got = [wire(m) for m in engine.receive(wire(leaf))]
+    assert [m for m in got if isinstance(m, ClientApplyAck)] == [ClientApplyAck(cursor=5)]
+    assert store.storage.get_meta("claimed_epoch") == "5"
+    # Not resent for the same minimum; claimed on the next connection.
+    assert engine.receive(wire(ORMapDiffResponse(map_name="b", entries=[], covering_epoch=5))) == []
+    engine.end_session()
+    again = [m for m in ready(engine) if isinstance(m, ORMapSyncInit)]
+    assert {m.claimed_epoch for m in again} == {5}

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from topgun.client._wire import pack
+from topgun.client.storage.base import MetaKey
 from topgun.client.store import LocalStore, to_client_op
 from topgun.core.records import ORMapRecord
 from topgun.errors import OpRejectedError
@@ -29,6 +30,7 @@ from topgun.protocol.messages import (
     AuthAck,
     AuthFail,
     AuthRequired,
+    ClientApplyAck,
     ClientOp,
     DeviceAck,
     DeviceHello,
@@ -129,6 +131,9 @@ class SyncEngine:
         self.after_auth_hooks: list[Callable[[], Iterable[Message]]] = []
         #: called when a session's state changes in a way waiters care about (auth, sync, acks)
         self.on_progress: Callable[[], None] | None = None
+        # OR-map epoch coverage (§5.9): per map, the highest covering epoch durably applied.
+        self._coverage: dict[str, int] = {}
+        self._claimed: int | None = None
         self.user_id: str | None = None
         self.device_id: str | None = None
         self._handlers: dict[MessageType, Handler] = {
@@ -496,7 +501,8 @@ class SyncEngine:
             s.sync_sent_upto[name] = s.max_sent
             buckets = om.merkle.buckets("") if om.merkle is not None else {}
             return [ORMapSyncInit(map_name=name, root_hash=int(om.root_hash),
-                                  bucket_hashes=dict(buckets), last_sync_timestamp=lst)]
+                                  bucket_hashes=dict(buckets), last_sync_timestamp=lst,
+                                  claimed_epoch=self.claimed_epoch or None)]
         return []
 
     def _root_time(self, ts: Any) -> None:
@@ -578,8 +584,32 @@ class SyncEngine:
         elif int(msg.root_hash) != int(om.root_hash):
             self._request(name)
             out.append(ORMapMerkleReqBucket(map_name=name, path=""))
+        else:
+            out.extend(self._covered(name, msg.covering_epoch))
         self._progress()
         return out
+
+    @property
+    def claimed_epoch(self) -> int:
+        """The last ``CLIENT_APPLY_ACK`` cursor sent (persisted; 0 = never)."""
+        if self._claimed is None:
+            v = self.store.storage.get_meta(MetaKey.CLAIMED_EPOCH.value)
+            self._claimed = int(v) if v is not None and v.isdecimal() else 0
+        return self._claimed
+
+    def _covered(self, name: str, epoch: int | None) -> list[Message]:
+        """Record that ``name`` is durably applied up to ``epoch``; maybe confirm the minimum."""
+        if epoch is None:
+            return []
+        if epoch > self._coverage.get(name, 0):
+            self._coverage[name] = epoch
+        ors = self.store.or_maps
+        cursor = min((self._coverage.get(n, 0) for n in ors), default=0)
+        if cursor > 0 and cursor > self.claimed_epoch:
+            self._claimed = cursor
+            self.store.storage.set_meta(MetaKey.CLAIMED_EPOCH.value, str(cursor))
+            return [ClientApplyAck(cursor=cursor)]
+        return []
 
     def _or_entry(self, name: str, key: str) -> ORMapEntry:
         om = self.store.or_maps[name]
@@ -610,13 +640,15 @@ class SyncEngine:
         name = msg.map_name
         self._answered(name)
         out = self._merge_or_entries(name, msg.entries, push=True)
+        out.extend(self._covered(name, msg.covering_epoch))
         self._progress()
         return out
 
     def _on_or_diff(self, msg: ORMapDiffResponse) -> list[Message]:
         self._merge_or_entries(msg.map_name, msg.entries, push=False)
+        out = self._covered(msg.map_name, msg.covering_epoch)
         self._progress()
-        return []
+        return out
 
     def _merge_or_entries(self, name: str, entries: list[ORMapEntry], *, push: bool) -> list[Message]:
         store = self.store

@@ -45,6 +45,7 @@ class MetaKey(str, Enum):
     LAST_SYNC_TIMESTAMP = "last_sync_timestamp"
     NEXT_OP_ID = "next_op_id"
     DEVICE_TOKEN = "device_token"
+    CLAIMED_EPOCH = "claimed_epoch"
 
 
 class OpKind(IntEnum):
