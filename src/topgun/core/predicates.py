@@ -842,6 +842,10 @@ def compile_predicate(
     if test is None:
         return _false
     if "." not in attribute:
+        fast = _fast_flat_leaf(op, attribute, node.get("value"))
+        if fast is not None:
+            return fast
+
         def leaf_flat(v: Any) -> bool:
             if type(v) is not dict:
                 return False
@@ -854,6 +858,62 @@ def compile_predicate(
         return f is not None and test(f)
 
     return leaf
+
+
+def _fast_flat_leaf(op: str, attribute: str, x: Any) -> Filter | None:
+    """Fused leaves for the common cases (top-level field, scalar operand): one Python call per
+    evaluation instead of three. They must agree exactly with the general leaves."""
+    a = attribute
+    if op == "eq" and type(x) is str:
+        def eq_str(v: Any) -> bool:
+            return type(v) is dict and v.get(a) == x and type(v.get(a)) is str
+        return eq_str
+    if op == "eq" and (type(x) is int or type(x) is float) and x == x:
+        def eq_num(v: Any) -> bool:
+            if type(v) is not dict:
+                return False
+            f = v.get(a)
+            return (type(f) is int or type(f) is float) and f == x
+        return eq_num
+    if op == "eq" and type(x) is bool:
+        def eq_bool(v: Any) -> bool:
+            return type(v) is dict and v.get(a) is x
+        return eq_bool
+    num = type(x) is int or type(x) is float
+    if op in ("gt", "gte", "lt", "lte") and (num or type(x) is str) and x == x:
+        kind: Any = (int, float) if num else (str,)
+
+        def rng(v: Any) -> bool:
+            if type(v) is not dict:
+                return False
+            f = v.get(a)
+            if type(f) not in kind or f != f:
+                return False
+            if op == "gt":
+                return bool(f > x)
+            if op == "gte":
+                return bool(f >= x)
+            if op == "lt":
+                return bool(f < x)
+            return bool(f <= x)
+        return rng
+    if op == "between" and isinstance(x, (list, tuple)) and len(x) == 2:
+        lo, hi = x
+        if all((type(b) is int or type(b) is float) and b == b for b in (lo, hi)):
+            def between_num(v: Any) -> bool:
+                if type(v) is not dict:
+                    return False
+                f = v.get(a)
+                return (type(f) is int or type(f) is float) and lo <= f <= hi
+            return between_num
+        if type(lo) is str and type(hi) is str:
+            def between_str(v: Any) -> bool:
+                if type(v) is not dict:
+                    return False
+                f = v.get(a)
+                return type(f) is str and lo <= f <= hi
+            return between_str
+    return None
 
 
 def _compile_value_ref(
