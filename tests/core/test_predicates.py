@@ -350,3 +350,18 @@ def test_predicate_trees_agree_with_oracle(record: dict[str, Any], pred: dict[st
 def test_where_agrees_with_oracle(record: dict[str, Any], where: dict[str, Any]) -> None:
     expected = all(oracle_match(record, {"op": "eq", "attribute": k, "value": v}) for k, v in where.items())
     assert matches(record, where=where) == expected
+
+
+@pytest.mark.parametrize("field_value", [1, 1.0, True, False, 0, float("nan"), "1", "a", None, [1], {"x": 1}])
+@pytest.mark.parametrize(
+    "node",
+    [P.eq("a", 1), P.eq("a", 1.0), P.eq("a", True), P.eq("a", "a"), P.gt("a", 0), P.lte("a", 1.0),
+     P.gte("a", "a"), P.lt("a", "b"), P.between("a", 0, 1), P.between("a", "a", "b"),
+     P.eq("a", float("nan"))],
+)
+def test_fused_leaves_agree_with_the_oracle_on_edge_values(field_value: Any, node: dict[str, Any]) -> None:
+    rec = {"a": field_value}
+    assert matches(rec, predicate=node) == oracle_match(rec, node)
+    # the dotted spelling takes the general path: both paths must agree
+    nested = {"o": {"a": field_value}}
+    assert matches(nested, predicate=dict(node, attribute="o.a")) == matches(rec, predicate=node)
