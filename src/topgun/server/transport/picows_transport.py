@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 from typing import Any
 
 from picows import (
@@ -45,13 +46,18 @@ _TEXT = WSMsgType.TEXT
 _CLOSE_FRAME = WSMsgType.CLOSE
 
 
+_SMALL_HEADERS = [bytes((0x82, n)) for n in range(126)]
+_HEADER16 = struct.Struct(">BBH")
+_HEADER64 = struct.Struct(">BBQ")
+
+
 def _frame_header(size: int) -> bytes:
     """Header of an unmasked, final, binary WebSocket frame of ``size`` bytes (RFC 6455 §5.2)."""
     if size < 126:
-        return bytes((0x82, size))
+        return _SMALL_HEADERS[size]
     if size < 0x1_0000:
-        return bytes((0x82, 126)) + size.to_bytes(2, "big")
-    return bytes((0x82, 127)) + size.to_bytes(8, "big")
+        return _HEADER16.pack(0x82, 126, size)
+    return _HEADER64.pack(0x82, 127, size)
 
 
 def _close_code(code: int) -> WSCloseCode:
@@ -75,6 +81,7 @@ class _PicowsConnection(WSListener):  # type: ignore[misc]
         self._close_sent = False
         self._paused = False
         self._paused_frames = 0
+        self._write_buffer_size: Any = None
         # Fragment reassembly: None when no binary message is in progress.
         self._parts: list[bytes] | None = None
         self._parts_size = 0
@@ -147,10 +154,10 @@ class _PicowsConnection(WSListener):  # type: ignore[misc]
             self._transport.disconnect(graceful=False)
 
     def outbound_bytes(self) -> int:
-        t = self._transport
-        if t is None:
+        size = self._write_buffer_size
+        if size is None:
             return 0
-        return int(t.underlying_transport.get_write_buffer_size()) + self._out_bytes
+        return int(size()) + self._out_bytes
 
     def outbound_frames(self) -> int:
         return self._paused_frames
@@ -158,6 +165,8 @@ class _PicowsConnection(WSListener):  # type: ignore[misc]
     # -- WSListener ------------------------------------------------------------------------
     def on_ws_connected(self, transport: WSTransport) -> None:
         self._transport = transport
+        # Bound once: the session asks after every frame it queues.
+        self._write_buffer_size = transport.underlying_transport.get_write_buffer_size
         peer = transport.underlying_transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.remote = f"{peer[0]}:{peer[1]}"
