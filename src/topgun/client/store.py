@@ -132,6 +132,17 @@ class LocalStore:
 
     def open(self) -> None:
         """Open storage, fix the node id, load every persisted map and the op log."""
+        # Loading builds millions of small objects that all stay alive: without the cyclic GC
+        # re-scanning them over and over, a large store opens about twice as fast.
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            self._open()
+        finally:
+            if was_enabled:
+                gc.enable()
+
+    def _open(self) -> None:
         st = self.storage
         st.open()
         stored_node = st.get_meta(MetaKey.NODE_ID.value)
