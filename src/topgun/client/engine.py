@@ -18,6 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from topgun.client._wire import pack
@@ -75,8 +76,8 @@ PROTOCOL_VERSION = 1
 MAX_BATCH_BYTES = 1_500_000
 
 
-class SessionPhase:
-    """Where the current session is (plain strings, for cheap comparisons)."""
+class SessionPhase(str, Enum):
+    """Where the current session is."""
 
     IDLE = "idle"
     AUTHENTICATING = "authenticating"
@@ -85,7 +86,7 @@ class SessionPhase:
 
 @dataclass
 class _Session:
-    phase: str = SessionPhase.IDLE
+    phase: SessionPhase = SessionPhase.IDLE
     hello_mode: bool = False  # no token: DEVICE_HELLO + grace fallback (§5.3)
     auth_sent: bool = False
     needs_token: bool = False  # AUTH_REQUIRED arrived and we had no token to send
