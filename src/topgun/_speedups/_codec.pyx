@@ -1002,6 +1002,38 @@ cdef int _rd_ts_parts(Rd* r, long long* millis, long long* counter, const uint8_
     return 0
 
 
+# The last node id and millis decoded: the ops of one client carry the same node id, and ops
+# written in the same millisecond the same millis, so consecutive timestamps share these
+# objects instead of each holding its own copy (about 90 bytes per stored record). Equal
+# values only, so what a caller sees is unchanged; the GIL serialises access.
+cdef object _last_node = None
+cdef object _last_millis = None
+cdef long long _last_millis_v = -1
+
+
+cdef inline object _node_str(const uint8_t* node, Py_ssize_t node_len):
+    global _last_node
+    cdef Py_ssize_t ln
+    cdef const char* u
+    if _last_node is not None:
+        u = PyUnicode_AsUTF8AndSize(_last_node, &ln)
+        if ln == node_len and memcmp(u, node, ln) == 0:
+            return _last_node
+    s = PyUnicode_DecodeUTF8(<const char*>node, node_len, NULL)
+    _last_node = s
+    return s
+
+
+cdef inline object _millis_int(long long millis):
+    global _last_millis, _last_millis_v
+    if _last_millis is not None and _last_millis_v == millis:
+        return _last_millis
+    o = PyLong_FromLongLong(millis)
+    _last_millis = o
+    _last_millis_v = millis
+    return o
+
+
 cdef object _rd_ts(Rd* r, object like):
     """A Timestamp; ``like`` (a Timestamp or None) is returned instead when equal."""
     cdef long long millis = 0, counter = 0
@@ -1017,8 +1049,7 @@ cdef object _rd_ts(Rd* r, object like):
             u = PyUnicode_AsUTF8AndSize(<object>PyTuple_GET_ITEM(like, 2), &ln)
             if ln == node_len and memcmp(u, node, ln) == 0:
                 return like
-    return _tuple3(_TS_T, PyLong_FromLongLong(millis), PyLong_FromLongLong(counter),
-                   PyUnicode_DecodeUTF8(<const char*>node, node_len, NULL))
+    return _tuple3(_TS_T, _millis_int(millis), PyLong_FromLongLong(counter), _node_str(node, node_len))
 
 
 cdef object _rd_record(Rd* r, bint is_or):
