@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="write the results as JSON to FILE (or stdout when no FILE)",
     )
+    p.add_argument("--markdown", metavar="FILE", help="write the summary as a Markdown table to FILE")
     p.add_argument(
         "--plot", metavar="FILE", help="draw throughput and latency to FILE (PNG; needs matplotlib)"
     )
@@ -242,6 +243,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             with open(args.json, "w") as out:
                 out.write(text + "\n")
+    if args.markdown and rows:
+        with open(args.markdown, "w") as md:
+            md.write(report.markdown_table(rows) + "\n")
     if args.plot and rows:
         try:
             report.plot(

@@ -151,10 +151,12 @@ def summary_table(rows: list[dict[str, Any]]) -> Any:
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """The result rows as a Markdown table (for ``docs/benchmarks.md``)."""
-    lines = ["| " + " | ".join(_HEADERS) + " |", "|" + "---|" * len(_HEADERS)]
+    """The result rows as a Markdown table (for ``docs/benchmarks.md``), with every run's figure."""
+    headers = [*_HEADERS, "runs (ours)"]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for r in rows:
-        lines.append("| " + " | ".join(c.replace("|", "/") for c in _cells(r)) + " |")
+        runs = " · ".join(_num(v) for v in r.get("runs") or [r["ours"]])
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in [*_cells(r), runs]) + " |")
     return "\n".join(lines)
 
 
