@@ -38,7 +38,8 @@ from topgun.core.predicates import (
 )
 from topgun.protocol.messages import ChangeType, CursorStatus, QueryUpdate
 from topgun.server.query.cursor import decode_cursor, encode_cursor, fingerprint
-from topgun.server.query.indexes import OTHER, HashIndex, IntervalIndex, SortedIndex, eq_key, range_key
+from topgun.server.query.indexes import OTHER, HashIndex, SortedIndex, eq_key, range_key
+from topgun.server.query.match import SubscriptionIndex
 
 __all__ = ["DEFAULT_MAX_ROWS", "QueryEngine", "QuerySpec", "Snapshot", "Subscription"]
 
@@ -48,6 +49,7 @@ log = logging.getLogger("topgun.query")
 DEFAULT_MAX_ROWS = 10_000
 
 _RANGE_OPS = frozenset({"gt", "gte", "lt", "lte", "between"})
+_INCLUSIVE_OPS = frozenset({"gte", "lte", "between"})
 _AGG_FUNCS = frozenset({"count", "sum", "min", "max", "avg"})
 
 
@@ -140,7 +142,6 @@ class Window:
     """
 
     __slots__ = (
-        "_plan",
         "after",
         "complete",
         "filter",
@@ -173,7 +174,6 @@ class Window:
         self.horizon: tuple[Any, ...] | None = None
         #: cursor position: only rows sorting after it belong to the query
         self.after: tuple[Any, ...] | None = None
-        self._plan: tuple[str, Any] = ("scan", None)
         self.members: dict[tuple[int, str], Subscription] = {}
 
     def __repr__(self) -> str:
@@ -293,19 +293,34 @@ def _in_leaves(leaves: list[dict[str, Any]]) -> list[tuple[str, list[Any]]]:
     return out
 
 
-class _MapSubs:
-    """The subscriptions of one map, indexed for matching writes."""
+def _exact_scalar(x: Any) -> bool:
+    """A string or non-NaN number of exactly those types (what the fused filter leaves test)."""
+    t = type(x)
+    return t is str or t is int or (t is float and x == x)
 
-    __slots__ = ("count", "eq", "in_other", "ranges", "scan")
 
-    def __init__(self) -> None:
-        #: field -> eq_key -> subscriptions
-        self.eq: dict[str, dict[Any, set[Window]]] = {}
-        #: field -> ``in`` windows (also candidates when the record's field is an array/map)
-        self.in_other: dict[str, set[Window]] = {}
-        self.ranges: dict[str, IntervalIndex] = {}
-        self.scan: set[Window] = set()
-        self.count = 0
+def _exact_eq(leaves: list[dict[str, Any]]) -> bool:
+    """The whole filter is one ``eq`` on a string or number: an eq-bucket hit is a match."""
+    if len(leaves) != 1:
+        return False
+    leaf = leaves[0]
+    return leaf.get("op") == "eq" and "valueRef" not in leaf and _exact_scalar(leaf.get("value"))
+
+
+def _exact_range(leaves: list[dict[str, Any]], field: str, cls: int) -> bool:
+    """The whole filter is inclusive bounds of type class ``cls`` on ``field``: an interval hit
+    is a match."""
+    for leaf in leaves:
+        if leaf.get("op") not in _INCLUSIVE_OPS or leaf.get("attribute") != field or "valueRef" in leaf:
+            return False
+        x = leaf.get("value")
+        bounds = x if leaf.get("op") == "between" else [x]
+        if not isinstance(bounds, (list, tuple)) or len(bounds) != (2 if leaf.get("op") == "between" else 1):
+            return False
+        for b in bounds:
+            if not _exact_scalar(b) or (type(b) is str) != (cls == 1):
+                return False
+    return bool(leaves)
 
 
 class QueryEngine:
@@ -339,7 +354,7 @@ class QueryEngine:
         self._subs: dict[tuple[int, str], Subscription] = {}
         self._windows: dict[Any, Window] = {}
         self._by_conn: dict[int, dict[str, Subscription]] = {}
-        self._by_map: dict[str, _MapSubs] = {}
+        self._by_map: dict[str, SubscriptionIndex] = {}
         #: counters for tests and metrics
         self.stats = {"snapshots": 0, "index_builds": 0, "full_scans": 0, "refreshes": 0}
 
@@ -471,66 +486,31 @@ class QueryEngine:
     def _register(self, sub: Window) -> None:
         ms = self._by_map.get(sub.map_name)
         if ms is None:
-            ms = self._by_map[sub.map_name] = _MapSubs()
-        ms.count += 1
+            ms = self._by_map[sub.map_name] = SubscriptionIndex()
         leaves = _conjuncts(sub.spec)
         eqs = _eq_leaves(leaves)
         if eqs:
             f, v = eqs[0]
-            ms.eq.setdefault(f, {}).setdefault(eq_key(v), set()).add(sub)
-            sub._plan = ("eq", (f, [eq_key(v)]))
+            ms.add_eq(sub, f, [eq_key(v)], sub.filter, _exact_eq(leaves))
             return
         ins = _in_leaves(leaves)
         if ins:
             f, vals = ins[0]
-            keys = list({eq_key(v) for v in vals})
-            bucket = ms.eq.setdefault(f, {})
-            for k in keys:
-                bucket.setdefault(k, set()).add(sub)
-            ms.in_other.setdefault(f, set()).add(sub)
-            sub._plan = ("in", (f, keys))
+            ms.add_eq(sub, f, list({eq_key(v) for v in vals}), sub.filter, False, True)
             return
         ranges = _range_bounds(leaves)
         if ranges:
             f, (cls, lo, hi) = next(iter(ranges.items()))
-            ms.ranges.setdefault(f, IntervalIndex()).add(sub, cls, lo, hi)
-            sub._plan = ("range", f)
+            ms.add_range(sub, f, cls, lo, hi, sub.filter, _exact_range(leaves, f, cls))
             return
-        ms.scan.add(sub)
-        sub._plan = ("scan", None)
+        ms.add_scan(sub, sub.filter)
 
     def _unregister(self, sub: Window) -> None:
         ms = self._by_map.get(sub.map_name)
         if ms is None:
             return
-        kind, arg = sub._plan
-        if kind in ("eq", "in"):
-            f, keys = arg
-            bucket = ms.eq.get(f, {})
-            for k in keys:
-                s = bucket.get(k)
-                if s is not None:
-                    s.discard(sub)
-                    if not s:
-                        del bucket[k]
-            if not bucket:
-                ms.eq.pop(f, None)
-            if kind == "in":
-                other = ms.in_other.get(f)
-                if other is not None:
-                    other.discard(sub)
-                    if not other:
-                        del ms.in_other[f]
-        elif kind == "range":
-            idx = ms.ranges.get(arg)
-            if idx is not None:
-                idx.remove(sub)
-                if not len(idx):
-                    del ms.ranges[arg]
-        else:
-            ms.scan.discard(sub)
-        ms.count -= 1
-        if ms.count <= 0:
+        ms.remove(sub)
+        if not len(ms):
             del self._by_map[sub.map_name]
 
     # -- snapshot ---------------------------------------------------------------------------------
@@ -753,28 +733,15 @@ class QueryEngine:
         ms = self._by_map.get(map_name)
         if ms is None:
             return set()
-        out = set(ms.scan)
-        for f, buckets in ms.eq.items():
-            for val in (old_value, new_value):
-                if val is None:
-                    continue
-                fv = get_field(val, f)
-                k = eq_key(fv)
-                if k is None:
-                    continue
-                if k is OTHER:
-                    other = ms.in_other.get(f)
-                    if other:
-                        out |= other
-                    continue
-                s = buckets.get(k)
-                if s:
-                    out |= s
-        for f, idx in ms.ranges.items():
-            for val in (old_value, new_value):
-                if val is not None:
-                    out.update(idx.stab(get_field(val, f)))
-        return out
+        return set(ms.match(old_value, new_value))
+
+    def match(self, map_name: str, old_value: Any, new_value: Any) -> dict[Window, bool]:
+        """The matching step of :meth:`on_change`: ``{window: new value matches its filter}`` for
+        every window the change may affect (``new_value`` matches, or ``old_value`` may have)."""
+        ms = self._by_map.get(map_name)
+        if ms is None:
+            return {}
+        return ms.match(old_value, new_value)
 
     def on_change(
         self, map_name: str, key: str, old_value: Any, new_value: Any, origin: int | None = None
@@ -795,11 +762,12 @@ class QueryEngine:
         if sper:
             for sidx in sper.values():
                 sidx.update(key, new_value)
-        if map_name not in self._by_map:
+        ms = self._by_map.get(map_name)
+        if ms is None:
             return []
         out: list[tuple[Any, QueryUpdate]] = []
-        for win in self.candidates(map_name, old_value, new_value):
-            events = self._apply(win, key, new_value)
+        for win, new_in in ms.match(old_value, new_value).items():
+            events = self._apply(win, key, new_value, new_in)
             if not events:
                 continue
             for sub in win.members.values():
@@ -842,12 +810,15 @@ class QueryEngine:
         view = self._source(map_name)
         return view.get(key) if view is not None else None
 
-    def _apply(self, sub: Window, key: str, new_value: Any) -> list[tuple[ChangeType, str, Any]]:
-        """Update one window for one change; the events carry unprojected values."""
+    def _apply(
+        self, sub: Window, key: str, new_value: Any, new_in: bool
+    ) -> list[tuple[ChangeType, str, Any]]:
+        """Update one window for one change (``new_in``: ``new_value`` satisfies the filter); the
+        events carry unprojected values."""
         rows, pos, n = sub.rows, sub.pos, sub.limit
         old_sk = pos.get(key)
         new_sk = None
-        if new_value is not None and sub.filter(new_value):
+        if new_in:
             sk = sub.key_fn(key, new_value)
             if sub.after is None or sk > sub.after:
                 new_sk = sk
