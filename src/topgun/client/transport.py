@@ -286,6 +286,19 @@ class Connector:
         raise ConnectionResetError("reconnecting with a new token")
 
     async def _writer(self, ws: ClientConnection, q: asyncio.Queue[Message | None]) -> None:
+        try:
+            await self._write_loop(ws, q)
+        except asyncio.CancelledError:
+            raise
+        except websockets.exceptions.ConnectionClosed:
+            pass
+        except Exception:
+            # A writer that died silently would leave a connection that looks alive but sends
+            # nothing; drop it instead so the session starts over.
+            log.exception("client writer failed; reconnecting")
+            ws.transport.abort()
+
+    async def _write_loop(self, ws: ClientConnection, q: asyncio.Queue[Message | None]) -> None:
         encode = codec.encode
         while True:
             msg = await q.get()
