@@ -246,3 +246,44 @@ def test_small_exhaustive_orders(twin):
         results.add((m.get_record("k"), m.root_hash))
     assert len(results) == 1
     assert next(iter(results))[0] == R(3, T(1, 1, "n"))
+
+
+def test_adopt_replaces_with_an_older_record(twin):
+    m, _ = new_map(twin, t=1000)
+    newer = R("same", T(5000, 0, "me"))
+    assert m.merge("k", newer)
+    older = R("same", T(4000, 2, "server"), 60_000)
+    assert not m.merge("k", older)  # the LWW rule keeps the newer record ...
+    assert m.adopt("k", older)  # ... adopt stores the older one anyway
+    assert m.get_record("k") == older and m.get("k") == "same"
+    assert m.record_count == 1
+    rebuilt, _ = new_map(twin, t=1000)
+    rebuilt.merge("k", older)
+    assert m.root_hash == rebuilt.root_hash != 0  # Merkle tree follows the adopted record
+    assert not m.adopt("k", R("same", T(4000, 2, "server"), 60_000))  # an equal record: no change
+    assert m.adopt("new", R(None, T(10, 0, "s")))  # a new key (even a tombstone) is stored
+    assert m.get_record("new") == R(None, T(10, 0, "s"))
+    # a later merge is decided against the adopted timestamp
+    assert m.merge("k", R("later", T(4500, 0, "x")))
+    assert m.get_record("k") == R("later", T(4500, 0, "x"))
+
+
+def test_adopt_advances_clock_and_honours_drift(twin):
+    m, _ = new_map(twin, t=1000)
+    m.adopt("k", R(1, T(3000, 7, "other")))
+    assert m.hlc.state() == (3000, 8)
+    wall = Wall(1000)
+    strict = twin.lww.LWWMap(twin.hlc.HLC("me", wall_clock=wall, strict=True, max_drift_ms=10))
+    with pytest.raises(ClockDriftError):
+        strict.adopt("k", R(1, T(2000, 0, "x")))
+    assert strict.get_record("k") is None and strict.root_hash == 0
+
+
+def test_adopt_without_merkle_or_clock(twin):
+    plain = twin.lww.LWWMap(merkle=False)
+    tracked = twin.lww.LWWMap()
+    for m in (plain, tracked):
+        assert m.adopt("a", R("v", T(9, 0, "n")))
+        assert m.adopt("a", R("v", T(3, 0, "n")))
+    assert plain.root_hash == tracked.root_hash
+    assert plain.get_record("a") == R("v", T(3, 0, "n"))

@@ -360,3 +360,37 @@ def test_batches_survive_callbacks_that_shrink_the_input(pure, compiled):
         trees.append(tree_dump(tree))
     assert trees[0] == trees[1]
     assert trees[0][1] == 2  # "a" and "b" only
+
+
+@PROPS
+@given(
+    remote=lww_ops(max_size=20),
+    adopted=lww_ops(max_size=20),
+    merkle=st.booleans(),
+    strict=st.booleans(),
+)
+def test_lww_adopt(pure, compiled, remote, adopted, merkle, strict):
+    walls = [Wall(1_700_000_000_000), Wall(1_700_000_000_000)]
+    maps = [
+        twin.lww.LWWMap(
+            twin.hlc.HLC("me", wall_clock=w, strict=strict, max_drift_ms=1_000_000), merkle=merkle
+        )
+        for twin, w in zip((pure, compiled), walls, strict=True)
+    ]
+    outcomes = []
+    for m in maps:
+        try:
+            outcomes.append(m.merge_many(remote))
+        except ClockDriftError:
+            outcomes.append("drift")
+    assert outcomes[0] == outcomes[1]
+    # adopt() replaces regardless of timestamp order, including with the very records stored
+    for key, rec in adopted + remote[:3]:
+        results = []
+        for m in maps:
+            try:
+                results.append(m.adopt(key, rec))
+            except ClockDriftError:
+                results.append("drift")
+        assert results[0] == results[1]
+        assert lww_state(maps[1]) == lww_state(maps[0])

@@ -345,6 +345,21 @@ cdef class LWWMap:
                     free(bih)
         return changed
 
+    def adopt(self, str key not None, record):
+        """Store ``record`` under ``key`` even when it is not newer; True when the record changed."""
+        cdef object ts = _ts_of(record)
+        cdef object local
+        if self._chlc is not None:
+            self._chlc.c_update(ts)
+        elif self._hlc is not None:
+            self._hlc.update(ts)
+        local = self._data.get(key)
+        if local is not None and (local is record or local == record):
+            return False
+        self._data[key] = record
+        self._track(key, record)
+        return True
+
     # -- reads -------------------------------------------------------------------------------------
 
     def get(self, key):

@@ -125,6 +125,23 @@ class LWWMap:
                 changed.append(key)
         return changed
 
+    def adopt(self, key: str, record: LWWRecord) -> bool:
+        """Store ``record`` under ``key`` even when it is not newer; True when the record changed.
+
+        For a server that re-stamps writes with its own clock (PROTOCOL.md §8 items
+        28 and 34): its record for a value this replica already holds may carry an
+        older timestamp, and only adopting it keeps later LWW decisions in step with
+        the server's. The clock sees the timestamp as in :meth:`merge`; the Merkle
+        tree follows the new record. Storing an equal record changes nothing.
+        """
+        if self._hlc is not None:
+            self._hlc.update(record.timestamp)
+        local = self._data.get(key)
+        if local is not None and (local is record or local == record):
+            return False
+        self._store(key, record)
+        return True
+
     # -- reads -------------------------------------------------------------------------------------
 
     def get(self, key: str) -> Any:
