@@ -24,8 +24,9 @@ _SHORT = ["--duration", "1", "--warmup", "0.3", "--quiet"]
 
 def _bench(tmp_path: Path, *args: str) -> dict[str, Any]:
     out = tmp_path / "bench.json"
+    md = tmp_path / "bench.md"
     proc = subprocess.run(
-        [sys.executable, "-m", "topgun.bench", *args, *_SHORT, "--json", str(out)],
+        [sys.executable, "-m", "topgun.bench", *args, *_SHORT, "--json", str(out), "--markdown", str(md)],
         capture_output=True,
         text=True,
         timeout=110,
@@ -34,6 +35,10 @@ def _bench(tmp_path: Path, *args: str) -> dict[str, Any]:
     doc: dict[str, Any] = json.loads(out.read_text())
     assert doc["failures"] == []
     assert doc["machine"]["cores"] >= 1
+    table = md.read_text().splitlines()
+    assert len(table) == 2 + len(doc["results"])  # header, rule, one line per result
+    for line, r in zip(table[2:], doc["results"], strict=True):
+        assert line.startswith(f"| {r['scenario']} | {r['storage']} |")
     return doc
 
 
@@ -43,12 +48,27 @@ def _by(doc: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
 
 def test_every_scenario_on_memory(tmp_path: Path) -> None:
     doc = _bench(
-        tmp_path, "--storage", "memory://", "--no-baselines", "--subscribers", "20", "--rate", "50",
-        "--conns", "60", "--records", "3000", "--memory-records", "5000", "--connections", "4",
+        tmp_path,
+        "--storage",
+        "memory://",
+        "--no-baselines",
+        "--subscribers",
+        "20",
+        "--rate",
+        "50",
+        "--conns",
+        "60",
+        "--records",
+        "3000",
+        "--memory-records",
+        "5000",
+        "--connections",
+        "4",
     )
     rows = _by(doc)
     assert set(rows) == {
-        (s, "memory") for s in ("fire-and-forget", "fire-and-wait", "fan-out", "connections", "sync", "memory")
+        (s, "memory")
+        for s in ("fire-and-forget", "fire-and-wait", "fan-out", "connections", "sync", "memory")
     }
     ff = rows["fire-and-forget", "memory"]
     assert ff["ack"] == "APPLIED"
