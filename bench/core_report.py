@@ -11,6 +11,7 @@ import sys
 
 ORDER = [
     "lww-merge-nomerkle",
+    "lww-merge-fresh-keys",
     "lww-merge-noclock",
     "baseline-dict",
     "lww-merge-merkle",

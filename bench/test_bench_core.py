@@ -15,6 +15,9 @@ Sizes are configurable so CI never runs these by default (``bench/`` is not in
 * ``lww-merge-nomerkle``: ``LWWMap(hlc, merkle=False).merge_many`` of N records
   with distinct keys into an empty map (clock attached, so every record also
   runs ``HLC.update``).
+* ``lww-merge-fresh-keys``: as ``lww-merge-nomerkle`` with key strings created
+  anew for every round (as a decoder hands them over), so no key carries a cached
+  hash; the other cases reuse one pairs list, whose keys are hashed after round 1.
 * ``lww-merge-noclock``: the same into a map without a clock (no ``HLC.update``).
 * ``lww-merge-merkle``: the same with Merkle upkeep.
 * ``baseline-dict``: ``dict(pairs)`` of the same pairs: CPython building a
@@ -125,6 +128,25 @@ def test_lww_merge_nomerkle(benchmark: Any, side: Side) -> None:
         "lww-merge-nomerkle",
         lambda m: m.merge_many(pairs),
         lambda: ((side.lww.LWWMap(side.hlc.HLC("srv"), merkle=False),), {}),
+        N,
+        "records",
+    )
+    assert len(changed) == N
+
+
+def test_lww_merge_fresh_keys(benchmark: Any, side: Side) -> None:
+    pairs = _pairs()
+
+    def setup() -> tuple[tuple[Any, ...], dict[str, Any]]:
+        fresh = [(k.encode().decode(), r) for k, r in pairs]  # new str objects, hash not computed
+        return (side.lww.LWWMap(side.hlc.HLC("srv"), merkle=False), fresh), {}
+
+    changed = _run(
+        benchmark,
+        side,
+        "lww-merge-fresh-keys",
+        lambda m, fresh: m.merge_many(fresh),
+        setup,
         N,
         "records",
     )
