@@ -11,6 +11,7 @@ TWIN_MODULES: dict[str, tuple[str, str]] = {
     "lww": ("topgun._speedups._lww", "topgun.core._lww_py"),
     "merkle": ("topgun._speedups._merkle", "topgun.core._merkle_py"),
     "codec": ("topgun._speedups._codec", "topgun.protocol._codec_py"),
+    "match": ("topgun._speedups._match", "topgun.server.query._match_py"),
 }
 
 

@@ -38,9 +38,9 @@ __all__ = ["COVER_BUDGET", "SubscriptionIndex"]
 
 Filter = Callable[[Any], bool]
 
-#: A segment table may hold at most ``COVER_BUDGET * intervals + 65536`` (payload, filter)
+#: A segment table may hold at most ``COVER_BUDGET * max(intervals, 1024)`` (payload, filter)
 #: references; beyond that (many wide, overlapping intervals) a centered interval tree
-#: answers the stabbing queries instead, in linear memory.
+#: answers the stabbing queries instead, in linear memory. A budget of 0 always uses the tree.
 COVER_BUDGET = 64
 
 _MISSING: Any = object()
@@ -126,7 +126,7 @@ class _Table:
 
     __slots__ = ("covers", "points", "tree")
 
-    def __init__(self, entries: list[tuple[Any, Any, Any, Any]]) -> None:
+    def __init__(self, entries: list[tuple[Any, Any, Any, Any]], budget: int) -> None:
         ends = {e[0] for e in entries if e[0] is not None} | {e[1] for e in entries if e[1] is not None}
         pts = sorted(ends)
         self.points: list[Any] = pts
@@ -142,7 +142,7 @@ class _Table:
                 continue  # empty interval: the filter can never hold
             total += r1 - r0 + 1
             spans.append((r0, r1, p, f))
-        if total > COVER_BUDGET * len(entries) + 65536:
+        if total > budget * max(len(entries), 1024):
             self.covers: list[tuple[tuple[Any, Any], ...]] | None = None
             self.tree = _build_tree([
                 ((-1,) if lo is None else (0, lo), (1,) if hi is None else (0, hi), p, f)
@@ -173,9 +173,10 @@ class _Intervals:
     """The range plans on one field: payload -> (class, low, high, filter); tables rebuilt lazily
     (subscriptions change far less often than records)."""
 
-    __slots__ = ("dirty", "entries", "tables")
+    __slots__ = ("budget", "dirty", "entries", "tables")
 
-    def __init__(self) -> None:
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
         self.entries: dict[Any, tuple[int, Any, Any, Any]] = {}
         self.tables: dict[int, _Table] = {}
         self.dirty = False
@@ -188,7 +189,7 @@ class _Intervals:
             per: dict[int, list[tuple[Any, Any, Any, Any]]] = {}
             for p, (cls, lo, hi, f) in self.entries.items():
                 per.setdefault(cls, []).append((lo, hi, p, f))
-            self.tables = {cls: _Table(items) for cls, items in per.items()}
+            self.tables = {cls: _Table(items, self.budget) for cls, items in per.items()}
             self.dirty = False
         table = self.tables.get(rk[0])
         if table is None:
@@ -197,11 +198,16 @@ class _Intervals:
 
 
 class SubscriptionIndex:
-    """The live queries of one map, indexed for matching writes (see the module docstring)."""
+    """The live queries of one map, indexed for matching writes (see the module docstring).
 
-    __slots__ = ("_eq", "_filters", "_in_other", "_plans", "_ranges", "_scan")
+    ``cover_budget``: references per range plan a segment table may use before the centered
+    tree takes over (see :data:`COVER_BUDGET`).
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_budget", "_eq", "_filters", "_in_other", "_plans", "_ranges", "_scan")
+
+    def __init__(self, cover_budget: int = COVER_BUDGET) -> None:
+        self._budget = cover_budget
         #: field -> eq_key -> {payload: filter, or None when exact}
         self._eq: dict[str, dict[Any, dict[Any, Any]]] = {}
         #: field -> {payload: filter} of ``in`` plans (candidates for keyless field values)
@@ -235,7 +241,7 @@ class SubscriptionIndex:
         self.remove(payload)
         iv = self._ranges.get(field)
         if iv is None:
-            iv = self._ranges[field] = _Intervals()
+            iv = self._ranges[field] = _Intervals(self._budget)
         iv.entries[payload] = (cls, low, high, None if exact else filt)
         iv.dirty = True
         self._filters[payload] = filt

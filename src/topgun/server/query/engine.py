@@ -329,6 +329,8 @@ class QueryEngine:
     ``declared_indexes``: ``{map: [field, ...]}`` built eagerly (hash and sorted) by
     :meth:`build_declared`; ``auto_index``: build an index the first time a snapshot can use it.
     A window of N rows remembers ``N + max(N, reserve)`` rows to refill freed slots.
+    ``subscription_index`` makes the per-map subscription index (default: the compiled twin
+    of :mod:`topgun.server.query._match_py` when built).
     """
 
     def __init__(
@@ -340,6 +342,7 @@ class QueryEngine:
         auto_index: bool = True,
         reserve: int = 16,
         clock: Callable[[], int] = _now_ms,
+        subscription_index: Callable[[], SubscriptionIndex] = SubscriptionIndex,
     ) -> None:
         if max_rows <= 0:
             raise ValueError("max_rows must be positive")
@@ -348,6 +351,7 @@ class QueryEngine:
         self.auto_index = auto_index
         self.reserve = max(1, int(reserve))
         self._clock = clock
+        self._new_index = subscription_index
         self._declared = {m: list(fs) for m, fs in (declared_indexes or {}).items()}
         self._hash: dict[str, dict[str, HashIndex]] = {}
         self._sorted: dict[str, dict[str, SortedIndex]] = {}
@@ -486,7 +490,7 @@ class QueryEngine:
     def _register(self, sub: Window) -> None:
         ms = self._by_map.get(sub.map_name)
         if ms is None:
-            ms = self._by_map[sub.map_name] = SubscriptionIndex()
+            ms = self._by_map[sub.map_name] = self._new_index()
         leaves = _conjuncts(sub.spec)
         eqs = _eq_leaves(leaves)
         if eqs:
