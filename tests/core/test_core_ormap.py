@@ -223,3 +223,19 @@ def test_merge_key_commutative_associative_idempotent(ops, cut):
     assert snapshot(merged(merged(a, b), c)) == snapshot(merged(a, merged(b, c)))
     aa = merged(a, a)
     assert snapshot(aa) == snapshot(merged(a))
+
+
+def test_discard_forgets_a_record_without_tombstone():
+    m, _ = new_map()
+    mine = m.add("k", "v")
+    other = m.add("k", "w")
+    assert m.discard(mine.tag) == "k"
+    assert m.get("k") == ["w"] and not m.is_tombstoned(mine.tag)
+    assert m.tombstones_for("k") == [] and m.key_of(mine.tag) is None
+    fresh, _ = new_map()
+    fresh.apply("k", other)
+    assert m.root_hash == fresh.root_hash  # the Merkle entry follows
+    assert m.discard(mine.tag) is None  # unknown tag: nothing happens
+    assert m.apply("k", mine)  # not tombstoned, so it can come back
+    assert m.discard(other.tag) == "k" and m.discard(mine.tag) == "k"
+    assert "k" not in m.record_keys() and m.root_hash == 0

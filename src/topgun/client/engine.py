@@ -612,9 +612,10 @@ class SyncEngine:
             return [ClientApplyAck(cursor=cursor)]
         return []
 
-    def _or_entry(self, name: str, key: str) -> ORMapEntry:
+    def _or_entry(self, name: str, key: str, pending: set[str]) -> ORMapEntry:
         om = self.store.or_maps[name]
-        return ORMapEntry(key=key, records=om.get_records(key), tombstones=om.tombstones_for(key))
+        return ORMapEntry(key=key, records=_pushable(om.get_records(key), pending),
+                          tombstones=om.tombstones_for(key))
 
     def _on_or_buckets(self, msg: ORMapSyncRespBuckets) -> list[Message]:
         name = msg.map_name
@@ -629,9 +630,12 @@ class SyncEngine:
                 self._request(name)
                 out.append(ORMapMerkleReqBucket(map_name=name, path=msg.path + c))
         push: list[ORMapEntry] = []
+        pending: set[str] | None = None
         for c, h in mine.items():
             if h and c not in msg.buckets:
-                push.extend(self._or_entry(name, k) for k in om.merkle.keys_under(msg.path + c))
+                if pending is None:
+                    pending = self.store.pending_or_tags(name)
+                push.extend(self._or_entry(name, k, pending) for k in om.merkle.keys_under(msg.path + c))
         if push:
             out.append(ORMapPushDiff(map_name=name, entries=push))
         self._progress()
@@ -660,13 +664,23 @@ class SyncEngine:
         if not push:
             return []
         diff: list[ORMapEntry] = []
+        # Adds still in the op log are delivered by it: pushing them too would hand a server that
+        # regenerates tags (§8 item 34) the same add twice, under two tags, for good.
+        pending = store.pending_or_tags(name)
         for e in entries:
             theirs = {(r.tag, r.timestamp) for r in e.records}
-            mine = om.get_records(e.key)
+            mine = _pushable(om.get_records(e.key), pending)
             my_tombs = om.tombstones_for(e.key)
             if {(r.tag, r.timestamp) for r in mine} != theirs or not set(my_tombs) <= set(e.tombstones):
                 diff.append(ORMapEntry(key=e.key, records=mine, tombstones=my_tombs))
         return [ORMapPushDiff(map_name=name, entries=diff)] if diff else []
+
+
+def _pushable(records: list[ORMapRecord], pending: set[str]) -> list[ORMapRecord]:
+    """The records of a push-diff entry: those whose add is not waiting in the op log."""
+    if not pending:
+        return records
+    return [r for r in records if r.tag not in pending]
 
 
 def _op_size(op: ClientOp) -> int:

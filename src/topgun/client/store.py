@@ -27,7 +27,7 @@ from topgun.core.records import LWWRecord, ORMapRecord, Timestamp
 from topgun.errors import BackpressureError, ConfigError
 from topgun.protocol.messages import ClientOp, OpType
 
-__all__ = ["LocalStore", "to_client_op"]
+__all__ = ["LocalStore", "same_value", "to_client_op"]
 
 # ``tuple.__new__(StoredOp, fields)`` skips the NamedTuple's Python-level ``__new__``.
 _new_stored = tuple.__new__
@@ -73,6 +73,28 @@ def to_client_op(op: StoredOp) -> ClientOp:
                         or_record=ORMapRecord(op.value, ts, op.tag, op.ttl_ms), timestamp=ts)
     return ClientOp(id=str(op.op_id), map_name=op.map_name, key=op.key, op_type=OpType.OR_REMOVE,
                     or_tag=op.tag, timestamp=ts)
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Value equality as JavaScript's deep equality sees it: ``True`` never equals ``1``."""
+    if type(a) is bool or type(b) is bool:
+        return type(a) is type(b) and a == b
+    if isinstance(a, dict):
+        return (isinstance(b, dict) and len(a) == len(b)
+                and all(k in b and same_value(v, b[k]) for k, v in a.items()))
+    if isinstance(a, (list, tuple)):
+        return (isinstance(b, (list, tuple)) and len(a) == len(b)
+                and all(same_value(x, y) for x, y in zip(a, b, strict=True)))
+    if isinstance(b, (dict, list, tuple)):
+        return False
+    return bool(a == b)
+
+
+def _adoptable(local: LWWRecord, remote: LWWRecord) -> bool:
+    """A remote record that lost the merge (so it is not newer) but carries the local value."""
+    if local is remote or (local.timestamp == remote.timestamp and local.ttl_ms == remote.ttl_ms):
+        return False
+    return same_value(local.value, remote.value)
 
 
 class LocalStore:
@@ -469,25 +491,44 @@ class LocalStore:
     # -- remote changes ----------------------------------------------------------------------------
 
     def merge_lww(self, name: str, pairs: Iterable[tuple[str, LWWRecord]]) -> list[str]:
-        """Merge remote records into ``name``; persist and announce the winners; return their keys."""
+        """Merge remote records into ``name``; persist and announce what changed; return those keys.
+
+        A record that loses the LWW merge but carries the value the replica already
+        holds is *adopted* (stored with its older timestamp) unless a write of ours to
+        that key is still pending: a server that re-stamps writes with its own clock
+        (PROTOCOL.md §8 items 28 and 34) then agrees with us on the timestamp too.
+        """
         m = self.lww_maps.get(name)
         if m is None:
             return []
+        if type(pairs) is not list:
+            pairs = list(pairs)
         listeners = self._listeners.get(name)
         events: list[MapEvent] = []
         if not listeners:
             changed: list[str] = m.merge_many(pairs)
+            if len(changed) < len(pairs):
+                changed.extend(self._adopt_equal(name, m, pairs, set(changed)))
         else:
             changed = []
             now = self._now()
+            pending_keys: set[str] | None = None
             for key, rec in pairs:
                 prev = m.get_record(key)
                 if m.merge(key, rec):
-                    changed.append(key)
-                    pv = prev.value if prev is not None and prev.is_live(now) else None
-                    nv = rec.value if rec.is_live(now) else None
-                    if pv != nv or (pv is None) != (nv is None):
-                        events.append(MapEvent(name, key, nv, pv, ChangeOrigin.REMOTE))
+                    pass
+                elif prev is not None and _adoptable(prev, rec):
+                    if pending_keys is None:
+                        pending_keys = self._pending_lww_keys(name)
+                    if key in pending_keys or not m.adopt(key, rec):
+                        continue
+                else:
+                    continue
+                changed.append(key)
+                pv = prev.value if prev is not None and prev.is_live(now) else None
+                nv = rec.value if rec.is_live(now) else None
+                if pv != nv or (pv is None) != (nv is None):
+                    events.append(MapEvent(name, key, nv, pv, ChangeOrigin.REMOTE))
         if changed:
             if self.defer_remote_writes:
                 dirty = self._dirty_lww.get(name)
@@ -506,6 +547,28 @@ class LocalStore:
         for ev in events:
             self._emit(name, ev)
         return changed
+
+    def _pending_lww_keys(self, name: str) -> set[str]:
+        return {op.key for op in self.pending.values() if op.map_name == name and op.kind == _LWW}
+
+    def _adopt_equal(
+        self, name: str, m: LWWMap, pairs: list[tuple[str, LWWRecord]], merged: set[str]
+    ) -> list[str]:
+        """Adopt the records of ``pairs`` that lost only on their timestamp (see :meth:`merge_lww`)."""
+        adopted: list[str] = []
+        get = m.get_record
+        pending_keys: set[str] | None = None
+        for key, rec in pairs:
+            if key in merged:
+                continue
+            local = get(key)
+            if local is None or not _adoptable(local, rec):
+                continue
+            if pending_keys is None:
+                pending_keys = self._pending_lww_keys(name)
+            if key not in pending_keys and m.adopt(key, rec):
+                adopted.append(key)
+        return adopted
 
     def _schedule_flush(self) -> None:
         try:
@@ -567,17 +630,30 @@ class LocalStore:
     def or_merge_entries(
         self, name: str, entries: Iterable[tuple[str, list[ORMapRecord], list[str]]]
     ) -> list[str]:
-        """``mergeKey`` for every entry; persist and announce changed keys; return them."""
+        """``mergeKey`` for every entry (the server's whole view of the key); persist and announce.
+
+        Before merging, a record of our own whose add was acknowledged, which the
+        server does not list, is dropped (without tombstone) when the server lists
+        a record with the same value under a tag new to us: a server that
+        regenerates tags (PROTOCOL.md §8 item 34) stored our add under that tag.
+        Returns the keys whose visible values changed.
+        """
         m = self.or_maps.get(name)
         if m is None:
             return []
         changed: list[str] = []
+        pending: set[str] | None = None
         st = self.storage
         st.begin()
         try:
             for key, records, tombstones in entries:
                 before = m.get(key)
-                if m.merge_key(key, records, tombstones):
+                retagged = False
+                if records:
+                    if pending is None:
+                        pending = self.pending_or_tags(name)
+                    retagged = self._drop_retagged(m, key, records, tombstones, pending)
+                if m.merge_key(key, records, tombstones) or retagged:
                     new_tombs = [(t, key) for t in tombstones if m.is_tombstoned(t)]
                     if new_tombs:
                         st.add_or_tombstones(name, new_tombs)
@@ -591,6 +667,36 @@ class LocalStore:
         for key in changed:
             self._emit(name, ORMapEvent(name, key, m.get(key), ChangeOrigin.REMOTE))
         return changed
+
+    def pending_or_tags(self, name: str) -> set[str]:
+        """Tags of the OR adds to ``name`` still waiting for an acknowledgement."""
+        return {op.tag for op in self.pending.values()
+                if op.map_name == name and op.kind == OpKind.OR_ADD and op.tag is not None}
+
+    def _drop_retagged(self, m: ORMap, key: str, records: list[ORMapRecord],
+                       tombstones: list[str], pending: set[str]) -> bool:
+        local = m.get_records(key)
+        if not local:
+            return False
+        theirs = {r.tag for r in records}
+        gone = set(tombstones)
+        suffix = ":" + self.node_id
+        own = [r for r in local
+               if r.tag not in theirs and r.tag not in gone and r.tag not in pending
+               and r.tag.endswith(suffix)]
+        if not own:
+            return False
+        mine = {r.tag for r in local}
+        fresh = [r for r in records if r.tag not in mine and not m.is_tombstoned(r.tag)]
+        dropped = False
+        for r in own:
+            for i, s in enumerate(fresh):
+                if same_value(s.value, r.value):
+                    del fresh[i]
+                    m.discard(r.tag)
+                    dropped = True
+                    break
+        return dropped
 
     def reset_map(
         self, name: str, *, keep_ops_since: Timestamp | None = None, sent_upto: int | None = None

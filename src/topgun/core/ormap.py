@@ -208,6 +208,18 @@ class ORMap:
             self._refresh(k)
         return changed
 
+    def discard(self, tag: str) -> str | None:
+        """Forget the record carrying ``tag`` *without* tombstoning it; return its key, if any.
+
+        For a replica that learns the same add exists under another tag (a server
+        that regenerates tags, PROTOCOL.md §8 item 34): the tag may still arrive
+        again later and is then stored as usual.
+        """
+        key = self._drop_tag(tag)
+        if key is not None:
+            self._refresh(key)
+        return key
+
     # -- reads -------------------------------------------------------------------------------------
 
     def get(self, key: str) -> list[Any]:
