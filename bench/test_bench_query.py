@@ -51,13 +51,16 @@ class _Conn:
         self.connection_id = cid
 
 
-def _matching_setup(rng: random.Random) -> tuple[dict[str, Any], QueryEngine, int, int]:
+def _matching_setup(
+    rng: random.Random, index: Any = None
+) -> tuple[dict[str, Any], QueryEngine, int, int]:
     n_records, owners, span = _n(100_000), max(1, _n(1000)), 100_000
     data = {
         f"k{i}": {"owner": f"u{rng.randrange(owners)}", "price": rng.randrange(span), "title": "t"}
         for i in range(n_records)
     }
-    engine = QueryEngine(lambda m: data if m == "items" else None)
+    kw = {"subscription_index": index} if index is not None else {}
+    engine = QueryEngine(lambda m: data if m == "items" else None, **kw)
     n_q = _n(5000)
     for i in range(n_q):
         engine.subscribe(_Conn(i % 100), f"e{i}", "items", {
@@ -86,22 +89,20 @@ def _writes(
 
 
 @pytest.mark.parametrize("side", ["c", "py"])
-def test_matching_only(benchmark: Any, side: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_matching_only(benchmark: Any, side: str) -> None:
     """Matching alone, as :meth:`QueryEngine.on_change` does it before touching any window:
     the subscription-index lookup of the old and new value (``QueryEngine.match``) and the
     subscriptions whose query the new value satisfies. No window upkeep, no messages."""
     import importlib
-
-    import topgun.server.query.engine as engine_mod
 
     mod = "topgun._speedups._match" if side == "c" else "topgun.server.query._match_py"
     try:
         impl = importlib.import_module(mod)
     except ImportError:
         pytest.skip("compiled twin not built")
-    monkeypatch.setattr(engine_mod, "SubscriptionIndex", impl.SubscriptionIndex)
     rng = random.Random(7)
-    data, engine, owners, span = _matching_setup(rng)
+    data, engine, owners, span = _matching_setup(rng, impl.SubscriptionIndex)
+    assert type(engine._by_map["items"]).__module__ == mod
     writes = _writes(rng, data, owners, span, _n(50_000))
     match = engine.match
     counts = [0, 0]
