@@ -92,7 +92,10 @@ class _Session:
     needs_token: bool = False  # AUTH_REQUIRED arrived and we had no token to send
     auth_failed: AuthFail | None = None
     sent_last_ids: set[str] = field(default_factory=set)
-    inflight: deque[tuple[int, int]] = field(default_factory=deque)  # (last id, ops) of unacked batches
+    # (last id, ops, first id) of unacknowledged batches
+    inflight: deque[tuple[int, int, int]] = field(default_factory=deque)
+    # Sent op ids that an ERROR may have refused (§8 item 35): only their own batch's ack clears them.
+    in_doubt: set[int] = field(default_factory=set)
     inflight_ops: int = 0
     unsent: deque[int] = field(default_factory=deque)
     max_sent: int = 0
@@ -333,6 +336,7 @@ class SyncEngine:
         s.max_queued = max(s.max_queued, s.unsent[-1] if s.unsent else 0)
         s.inflight.clear()
         s.inflight_ops = 0
+        s.in_doubt.clear()
         return self._drain_unsent()
 
     def _drain_unsent(self) -> list[Message]:
@@ -344,6 +348,7 @@ class SyncEngine:
             ops: list[ClientOp] = []
             size = 0
             last = 0
+            first = 0
             limit = min(self.batch_size, self.max_inflight_ops - s.inflight_ops)
             while unsent and len(ops) < limit:
                 op_id = unsent[0]
@@ -359,11 +364,13 @@ class SyncEngine:
                 ops.append(op)
                 size += est
                 last = op_id
+                if not first:
+                    first = op_id
             if not ops:
                 break
             last_id = str(last)
             s.sent_last_ids.add(last_id)
-            s.inflight.append((last, len(ops)))
+            s.inflight.append((last, len(ops), first))
             s.inflight_ops += len(ops)
             if last > s.max_sent:
                 s.max_sent = last
@@ -379,9 +386,20 @@ class SyncEngine:
             return []
         n = int(last_id)
         s.sent_last_ids.discard(last_id)
+        own_first = n
+        for last, _, first in s.inflight:
+            if last == n:
+                own_first = first
+                break
         while s.inflight and s.inflight[0][0] <= n:
             s.inflight_ops -= s.inflight.popleft()[1]
-        self.store.ack_upto(n)
+        if s.in_doubt:
+            # Ops of an earlier batch that may have been refused are not covered by a later ack.
+            s.in_doubt = {i for i in s.in_doubt if not own_first <= i <= n}
+            self.store.drop_ops([i for i, _ in self.store.pending_ops()
+                                 if i <= n and i not in s.in_doubt])
+        else:
+            self.store.ack_upto(n)
         self._progress()
         return self._drain_unsent() if s.unsent else []
 
@@ -401,9 +419,16 @@ class SyncEngine:
 
     def _on_error(self, msg: Error) -> list[Message]:
         log.warning("server error %s: %s", msg.code, msg.message)
-        if msg.code == 429 and self.session.inflight:
+        s = self.session
+        if msg.code == 429 and s.inflight:
             # The server dropped a frame, maybe one of our batches: resend later.
-            self.session.resend_requested = True
+            s.resend_requested = True
+        elif s.inflight:
+            # A TopGun v2 server refuses a whole OP_BATCH with a bare ERROR (§8 item 35). It cannot be
+            # told apart from an ERROR about another message, so every op sent and not yet acked stays
+            # pending until its own batch is acked (or until it is re-sent after the next authentication).
+            pending = self.store.pending
+            s.in_doubt.update(i for i in pending if i <= s.max_sent)
         for cb in list(self.on_error):
             try:
                 cb(msg)
