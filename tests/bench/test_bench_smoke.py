@@ -129,3 +129,16 @@ def test_histogram_percentiles_within_resolution() -> None:
     other = Histogram.from_json(h.to_json())
     other.merge(h)
     assert other.total == 200_000 and other.percentile(50) == h.percentile(50)
+
+
+def test_unreachable_baseline_is_said_plainly(tmp_path: Path) -> None:
+    # Port 1 on loopback: nothing listens there, so the Redis baseline cannot run.
+    doc = _bench(
+        tmp_path, "fire-and-wait", "--storage", "memory://", "--connections", "2", "--redis", "127.0.0.1:1"
+    )
+    (r,) = doc["results"]
+    assert r["baseline_value"] is None and r["ratio"] is None and r["met"] is None
+    note = r["baseline_note"]
+    assert note.startswith("baseline not measured: ")
+    assert "Redis on 127.0.0.1:1 not reachable" in note or "redis-benchmark is not installed" in note
+    assert r["ours"] > 0 and r["details"]["acked_ops"] > 0

@@ -87,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="write the results as JSON to FILE (or stdout when no FILE)",
     )
+    p.add_argument(
+        "--redis",
+        default="127.0.0.1:6379",
+        metavar="HOST:PORT",
+        help="Redis for the baselines (default 127.0.0.1:6379)",
+    )
     p.add_argument("--markdown", metavar="FILE", help="write the summary as a Markdown table to FILE")
     p.add_argument(
         "--plot", metavar="FILE", help="draw throughput and latency to FILE (PNG; needs matplotlib)"
@@ -170,6 +176,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         baselines=not args.no_baselines,
     )
     opts.jwt_secret = args.jwt_secret
+    host, _, port = args.redis.rpartition(":")
+    if not host or not port.isdigit():
+        parser.error(f"--redis wants HOST:PORT, got {args.redis!r}")
+    opts.redis_host, opts.redis_port = host, int(port)
     storages = args.storage
     if args.url and not storages:
         storages = ["memory://"]

@@ -14,7 +14,7 @@ import tempfile
 import time
 import urllib.parse
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
@@ -84,7 +84,6 @@ class Options:
     redis_host: str = "127.0.0.1"
     redis_port: int = 6379
     progress: Callable[[str, float, float], None] | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 def row(scenario: str, storage: str, **fields: Any) -> dict[str, Any]:

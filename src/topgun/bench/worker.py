@@ -347,7 +347,7 @@ async def fan_out(a: dict[str, Any]) -> dict[str, Any]:
                 w.send(frame)
                 if state["measuring"]:
                     state["writes"] += 1
-                next_t += interval / len(templates) * 1
+                next_t += interval / len(templates)
             now = time.perf_counter()
             if next_t > now:
                 await asyncio.sleep(next_t - now)
