@@ -18,6 +18,8 @@ from typing import Any
 import msgpack
 import pytest
 from client_peer import converse, wire
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from topgun.client.counter import CounterHandle, CounterManager
 from topgun.client.engine import SyncEngine
@@ -575,3 +577,67 @@ def _route(key: str) -> str:
     from topgun.core.hashing import route
 
     return str(route(key))
+
+
+# -- convergence over random scripts -----------------------------------------------------------
+
+_step = st.one_of(
+    st.tuples(st.just("set"), st.sampled_from(["a", "b", "c"]), st.integers(0, 2)),
+    st.tuples(st.just("add"), st.sampled_from(["x", "y"]), st.integers(0, 2)),
+    st.tuples(st.just("or_remove"), st.sampled_from(["x", "y"]), st.integers(0, 2)),
+    st.tuples(st.just("other_add"), st.sampled_from(["x", "y"]), st.integers(0, 2)),
+    st.tuples(st.just("pump"), st.just(""), st.just(0)),
+    st.tuples(st.just("reconnect"), st.just(""), st.just(0)),
+    st.tuples(st.just("refuse"), st.just(""), st.integers(0, 1)),
+    st.tuples(st.just("tick"), st.just(""), st.integers(1, 50)),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(script=st.lists(_step, max_size=25))
+def test_replica_converges_to_the_reference_servers_view(script) -> None:
+    """Own writes only on LWW (other writers would need a newer server clock, see docs/client.md)."""
+    client_wall = Wall(CLIENT_T0)
+    store = LocalStore(MemoryStorage(), node_id="client-a", wall_clock=client_wall)
+    store.open()
+    store.lww("m")
+    store.ormap("o")
+    engine = SyncEngine(store, batch_size=2)
+    ref = RefServer()
+    connect(engine, ref)
+    adds: dict[tuple[str, int], int] = {}  # (key, value) -> add operations, ours and others'
+    for kind, key, arg in script:
+        if kind == "set":
+            store.lww_set("m", key, arg)
+        elif kind == "add":
+            store.or_add("o", key, arg)
+            adds[key, arg] = adds.get((key, arg), 0) + 1
+        elif kind == "or_remove":
+            store.or_remove("o", key, arg)
+        elif kind == "other_add":
+            deliver(engine, ref, ref.other_or_add("o", key, arg))
+            adds[key, arg] = adds.get((key, arg), 0) + 1
+        elif kind == "pump":
+            converse(engine, ref, engine.pump())
+        elif kind == "reconnect":
+            engine.end_session()
+            connect(engine, ref)
+        elif kind == "refuse":
+            ref.refuse_batches = bool(arg)
+        else:
+            client_wall.t += arg
+            ref.wall.t += arg
+    ref.refuse_batches = False
+    for _ in range(2):
+        engine.end_session()
+        connect(engine, ref)
+    assert store.pending_count == 0
+    assert dict(store.lww_maps["m"].records()) == ref.lmap("m")
+    om, sm = store.or_maps["o"], ref.omap("o")
+    for key in ("x", "y"):
+        assert sorted(om.get(key)) == sorted(sm.get(key))
+        assert om.get_records(key) == sm.get_records(key)
+        # Never more records of a value than adds of it: no add is held under two tags.
+        for value in set(sm.get(key)):
+            assert sm.get(key).count(value) <= adds[key, value]
+    assert not any(isinstance(m, Batch) for m in ref.received)

@@ -559,10 +559,11 @@ class LocalStore:
         get = m.get_record
         pending_keys: set[str] | None = None
         for key, rec in pairs:
-            if key in merged:
-                continue
             local = get(key)
-            if local is None or not _adoptable(local, rec):
+            # Tuple indexing: this loop runs over every record of a leaf that is already in sync.
+            if local is None or local is rec or (local[1] == rec[1] and local[2] == rec[2]):
+                continue
+            if key in merged or not same_value(local[0], rec[0]):
                 continue
             if pending_keys is None:
                 pending_keys = self._pending_lww_keys(name)
