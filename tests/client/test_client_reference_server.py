@@ -470,6 +470,28 @@ def test_push_diff_and_empty_batch_acks_are_ignored(store) -> None:
     assert {k: r.value for k, r in ref.lmap("m").items()} == {"a": 1, "b": 2, "c": 3}
 
 
+def test_refused_ops_survive_a_later_ack_and_a_restart(store, storage_factory, client_wall) -> None:
+    engine = SyncEngine(store)
+    ref = RefServer()
+    connect(engine, ref)
+    ref.refuse_batches = True
+    store.lww_set("m", "a", 1)
+    store.or_add("o", "k", "v")
+    converse(engine, ref, engine.pump())
+    ref.refuse_batches = False
+    store.lww_set("m", "b", 2)
+    converse(engine, ref, engine.pump())
+    assert [i for i, _ in store.pending_ops()] == [1, 2]
+    assert ref.lmap("m").keys() == {"b"}
+    engine.end_session()
+    again = reopen(store, storage_factory, client_wall)
+    assert [(i, op.key) for i, op in again.pending_ops()] == [(1, "a"), (2, "k")]
+    engine = SyncEngine(again)
+    connect(engine, ref)
+    assert again.pending_count == 0
+    assert ref.lmap("m").keys() == {"a", "b"} and ref.omap("o").get("k") == ["v"]
+
+
 def test_error_for_another_message_does_not_lose_acks(store) -> None:
     """An ERROR that was not a batch refusal: every batch's own ack still clears it."""
     engine = SyncEngine(store, batch_size=2)

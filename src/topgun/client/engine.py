@@ -396,6 +396,10 @@ class SyncEngine:
         if s.in_doubt:
             # Ops of an earlier batch that may have been refused are not covered by a later ack.
             s.in_doubt = {i for i in s.in_doubt if not own_first <= i <= n}
+        if s.in_doubt:
+            below = min(s.in_doubt) - 1
+            if below > 0:
+                self.store.ack_upto(min(below, n))  # the prefix, as a plain ack (storage-friendly)
             self.store.drop_ops([i for i, _ in self.store.pending_ops()
                                  if i <= n and i not in s.in_doubt])
         else:
