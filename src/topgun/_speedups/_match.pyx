@@ -12,15 +12,45 @@ from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 
 from topgun.core.predicates import get_field
-from topgun.server.query.indexes import OTHER, eq_key, range_key
 
 __all__ = ["COVER_BUDGET", "SubscriptionIndex"]
 
 COVER_BUDGET = 64
 
 cdef object _MISSING = object()
-cdef object _OTHER = OTHER
 cdef object _EMPTY = ()
+# ``topgun.server.query.indexes`` cannot be imported here: that package imports the dispatcher
+# that imports this module. Keys are only compared with keys made by the same functions, so a
+# private ``OTHER`` works; ``eq_key``/``range_key`` mirror the ones in indexes exactly.
+cdef object _OTHER = ("__other__",)
+
+
+cdef object eq_key(object v):
+    if v is None:
+        return None
+    if isinstance(v, bool):
+        return ("b", v)
+    if isinstance(v, (int, float)):
+        if v != v:
+            return _OTHER
+        return v
+    if isinstance(v, str):
+        return v
+    if isinstance(v, (bytes, bytearray)):
+        return ("y", bytes(v))
+    return _OTHER
+
+
+cdef object range_key(object v):
+    if isinstance(v, bool) or v is None:
+        return None
+    if isinstance(v, (int, float)):
+        if v != v:
+            return None
+        return (0, v)
+    if isinstance(v, str):
+        return (1, v)
+    return None
 
 
 cdef inline object _field(object value, str f):
