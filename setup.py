@@ -63,6 +63,7 @@ class OptionalBuildExt(build_ext):
     """build_ext that degrades to pure Python unless the extension is required."""
 
     def run(self) -> None:
+        self._failed: list[str] = []
         try:
             super().run()
         except Exception as exc:
@@ -70,8 +71,11 @@ class OptionalBuildExt(build_ext):
                 raise
             _say(f"compiling the speedups failed ({exc}); using pure Python")
             return
-        if self.extensions:
-            _say("compiled speedups built: " + ", ".join(e.name for e in self.extensions))
+        built = [e.name for e in self.extensions if e.name not in self._failed]
+        if built:
+            _say("compiled speedups built: " + ", ".join(built))
+        if self._failed:
+            _say("pure Python used for: " + ", ".join(self._failed))
 
     def build_extension(self, ext: Extension) -> None:
         try:
@@ -79,6 +83,7 @@ class OptionalBuildExt(build_ext):
         except Exception as exc:
             if REQUIRED:
                 raise
+            self._failed.append(ext.name)
             _say(f"compiling {ext.name} failed ({exc}); that module stays pure Python")
 
 
