@@ -142,3 +142,32 @@ def test_unreachable_baseline_is_said_plainly(tmp_path: Path) -> None:
     assert note.startswith("baseline not measured: ")
     assert "Redis on 127.0.0.1:1 not reachable" in note or "redis-benchmark is not installed" in note
     assert r["ours"] > 0 and r["details"]["acked_ops"] > 0
+
+
+def test_a_server_that_dies_mid_run_fails_the_scenario() -> None:
+    import os
+    import signal
+    import threading
+
+    from topgun.bench.server import BenchError, ServerProcess, run_workers
+
+    with ServerProcess("memory://") as srv:
+        assert srv.proc is not None
+        args = [
+            {
+                "url": srv.url,
+                "token": srv.token(),
+                "connections": 2,
+                "ack": "APPLIED",
+                "run": "t",
+                "warmup": 0.2,
+                "duration": 2.0,
+            }
+        ]
+        killer = threading.Timer(1.0, os.kill, (srv.proc.pid, signal.SIGKILL))
+        killer.start()
+        try:
+            with pytest.raises(BenchError, match="exited during the run"):
+                run_workers("fire-and-wait", args, srv)
+        finally:
+            killer.cancel()

@@ -117,6 +117,16 @@ class ServerProcess:
         if self._stderr is not None:
             self._stderr.close()
 
+    def check_alive(self) -> None:
+        """Raise :class:`BenchError` (with the server's last log lines) if the server process has exited."""
+        if self.proc is None or self.proc.poll() is None:
+            return
+        err = ""
+        if self._stderr is not None:
+            self._stderr.seek(0)
+            err = self._stderr.read()[-2000:]
+        raise BenchError(f"the server exited during the run (status {self.proc.returncode}): {err}")
+
     def cpu(self) -> float | None:
         """User + system CPU seconds of the server so far."""
         if self.ps is None:
@@ -218,6 +228,7 @@ def run_workers(
     deadline = time.monotonic() + timeout
     for t in threads:
         t.join(max(0.0, deadline - time.monotonic()))
+    server.check_alive()
     results = [w.finish(timeout=10) for w in workers]
     server_cpu = None
     if marks["cpu0"] is not None and marks["cpu1"] is not None:
