@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -20,15 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from support.clients import free_port
 from support.pg import PG_URL, drop_pg_schema, need_postgres, with_query
 
 BACKENDS = ("sqlite", "postgresql")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(params=BACKENDS)
@@ -117,6 +111,19 @@ async def server_process(server_storage_url: str) -> AsyncIterator[Callable[[], 
     yield make
     for sp in made:
         await sp.kill()
+
+
+@pytest.fixture
+async def mem_server() -> AsyncIterator[object]:
+    """An in-process :class:`TopGunServer` on a fresh, private ``memory://`` store."""
+    from topgun.server.app import TopGunServer
+
+    srv = TopGunServer(port=0, storage=f"memory://client-{uuid.uuid4().hex}")
+    await srv.start()
+    try:
+        yield srv
+    finally:
+        await srv.stop()
 
 
 @pytest.fixture

@@ -11,21 +11,13 @@ from typing import Any
 
 import pytest
 
+from support.clients import until
 from topgun.client import ChangeOrigin, ConnectionSettings, SQLiteStorage, TopGunClient
 from topgun.client.storage import MemoryStorage
 
 pytestmark = pytest.mark.timeout(180)
 
 FAST = ConnectionSettings(backoff_base=0.05, backoff_max=0.5, open_timeout=2.0)
-
-
-async def until(pred: Any, timeout: float = 10.0, what: str = "condition") -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not pred():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def lww_state(client: TopGunClient, name: str) -> dict[str, Any]:

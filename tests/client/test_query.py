@@ -8,7 +8,6 @@ import asyncio
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
 from functools import cmp_to_key
 from pathlib import Path
 from typing import Any
@@ -17,42 +16,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from support.clients import connected, until
 from topgun import P
-from topgun.client import ConnectionSettings, MemoryStorage, SQLiteStorage, TopGunClient
+from topgun.client import MemoryStorage, SQLiteStorage, TopGunClient
 from topgun.client.query import QueryChange
 from topgun.protocol.messages import ChangeType
 
 pytestmark = pytest.mark.timeout(120)
-
-FAST = ConnectionSettings(backoff_base=0.05, backoff_max=0.3, open_timeout=2.0)
-
-
-async def until(pred: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
-
-
-@pytest.fixture
-async def mem_server() -> AsyncIterator[Any]:
-    from topgun.server.app import TopGunServer
-
-    srv = TopGunServer(port=0, storage=f"memory://q-{uuid.uuid4().hex}")
-    await srv.start()
-    try:
-        yield srv
-    finally:
-        await srv.stop()
-
-
-async def connected(url: str, **kw: Any) -> TopGunClient:
-    kw.setdefault("storage", MemoryStorage())
-    c = TopGunClient(url, settings=FAST, **kw)
-    await c.start()
-    await c.wait_connected(10)
-    return c
-
 
 def keys(q: Any) -> list[str]:
     return [k for k, _ in q.results]

@@ -7,51 +7,16 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 
-from topgun.client import ConnectionSettings, MemoryStorage, SQLiteStorage, TopGunClient
+from support.clients import FAST, closing, connected, free_port, until
+from topgun.client import MemoryStorage, SQLiteStorage, TopGunClient
 from topgun.client.topic import TopicEvent
 from topgun.errors import ConfigError, LockTimeout, NotConnectedError
 
 pytestmark = pytest.mark.timeout(120)
-
-FAST = ConnectionSettings(backoff_base=0.05, backoff_max=0.3, open_timeout=2.0)
-
-
-async def until(pred: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
-
-
-@pytest.fixture
-async def mem_server() -> AsyncIterator[Any]:
-    from topgun.server.app import TopGunServer
-
-    srv = TopGunServer(port=0, storage=f"memory://tlc-{uuid.uuid4().hex}")
-    await srv.start()
-    try:
-        yield srv
-    finally:
-        await srv.stop()
-
-
-async def connected(url: str, **kw: Any) -> TopGunClient:
-    kw.setdefault("storage", MemoryStorage())
-    c = TopGunClient(url, settings=FAST, **kw)
-    await c.start()
-    await c.wait_connected(10)
-    return c
-
-
-async def closing(*clients: TopGunClient) -> None:
-    for c in clients:
-        await c.close()
-
 
 # ------------------------------------------------------------------------------------------- topics
 
@@ -110,7 +75,7 @@ async def test_topic_unsubscribe_and_async_callbacks(mem_server: Any) -> None:
 async def test_publish_offline_raises_or_queues_with_a_bound(mem_server: Any) -> None:
     port = mem_server.port
     # A client of a server that is not there (yet): nothing connects.
-    dead_url = f"ws://127.0.0.1:{_free_port()}/ws"
+    dead_url = f"ws://127.0.0.1:{free_port()}/ws"
     async with TopGunClient(dead_url, storage=MemoryStorage(), settings=FAST) as off:
         with pytest.raises(NotConnectedError):
             off.topic("news").publish("x")
@@ -173,14 +138,6 @@ async def test_queued_publications_and_subscriptions_survive_a_server_restart(se
             await asyncio.sleep(0.1)
     finally:
         await closing(sub, pub)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -------------------------------------------------------------------------------------------- locks
@@ -278,7 +235,7 @@ async def test_timeout_zero_tries_exactly_once(mem_server: Any) -> None:
 
 
 async def test_offline_acquire_fails_fast() -> None:
-    async with TopGunClient(f"ws://127.0.0.1:{_free_port()}/ws", storage=MemoryStorage(), settings=FAST) as c:
+    async with TopGunClient(f"ws://127.0.0.1:{free_port()}/ws", storage=MemoryStorage(), settings=FAST) as c:
         lock = c.lock("x")
         t0 = time.monotonic()
         with pytest.raises(NotConnectedError):
