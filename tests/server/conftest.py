@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from rawclient import TRANSPORTS
 
 from support.pg import (
     PG_URL,
@@ -74,3 +75,9 @@ def storage_urls(storage_kind: str, tmp_path: Path, request: pytest.FixtureReque
 def storage_url(storage_urls: StorageUrls) -> str:
     """One fresh storage URL of the current backend, reusable for restarts."""
     return storage_urls()
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> str:
+    """Each server transport in turn (``picows``, ``websockets``)."""
+    return str(request.param)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -167,13 +166,6 @@ async def recv_until(c: RawClient, type_name: str, timeout: float = 5.0) -> list
         out.append(msg)
         if msg["type"] == type_name:
             return out
-
-
-async def eventually(cond: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 def expected_level(storage_kind: str) -> str:

@@ -5,30 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 from rawclient import RawClient
 
+from support.servers import serving
 from topgun.protocol.messages import MessageType
 from topgun.server.app import TopGunServer
-from topgun.server.handlers.counters import CounterRegistry, install_coordination_handlers
+from topgun.server.handlers.counters import CounterRegistry
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@asynccontextmanager
-async def serving(storage: str = "memory://", **cfg: Any) -> AsyncIterator[TopGunServer]:
-    server = TopGunServer(port=0, storage=storage, **cfg)
-    if server.processors.get(MessageType.COUNTER_REQUEST) is None:
-        install_coordination_handlers(server)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 def counters_of(server: TopGunServer) -> CounterRegistry:
@@ -180,7 +167,7 @@ async def test_counters_survive_restart_and_offline_replicas_converge(storage_ur
         "r2": ({"r2": 4}, {}),
         "r3": ({"r3": 0}, {"r3": 6}),
     }
-    async with serving(storage_url) as server:
+    async with serving(storage=storage_url) as server:
         for p, n in list(replicas.values())[:2]:
             c = await client(server)
             await counter_sync(c, "likes", {"positive": p, "negative": n})
@@ -188,7 +175,7 @@ async def test_counters_survive_restart_and_offline_replicas_converge(storage_ur
         c = await client(server)
         await counter_sync(c, "other", {"p": {"z": 1.5}, "n": {}})
         await c.close()
-    async with serving(storage_url) as server:
+    async with serving(storage=storage_url) as server:
         reg = counters_of(server)
         assert reg.value("likes") == 13
         assert reg.value("other") == 1.5
@@ -202,7 +189,7 @@ async def test_counters_survive_restart_and_offline_replicas_converge(storage_ur
         merged = await counter_sync(c, "likes", {"p": {"r1": 3, "r4": 2}, "n": {}})
         assert value(merged) == 9
         await c.close()
-    async with serving(storage_url) as server:
+    async with serving(storage=storage_url) as server:
         c = await client(server)
         state = await counter_request(c, "likes")
         assert state == both({"r1": 10, "r2": 4, "r3": 0, "r4": 2}, {"r1": 1, "r3": 6})

@@ -6,33 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 from rawclient import RawClient
 
+from support.servers import eventually, serving
 from topgun.protocol.messages import MessageType
 from topgun.server.app import TopGunServer
 from topgun.server.handlers.counters import install_coordination_handlers
 from topgun.server.handlers.locks import LockManager
 
 pytestmark = pytest.mark.timeout(90)
-
-
-@asynccontextmanager
-async def serving(storage: str = "memory://", **cfg: Any) -> AsyncIterator[TopGunServer]:
-    server = TopGunServer(port=0, storage=storage, **cfg)
-    if server.processors.get(MessageType.LOCK_REQUEST) is None:
-        install_coordination_handlers(server)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 def locks_of(server: TopGunServer) -> LockManager:
@@ -77,13 +63,6 @@ def granted_token(reply: dict[str, Any]) -> int:
     token = reply["payload"]["fencingToken"]
     assert type(token) is int
     return token
-
-
-async def eventually(cond: Any, timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 # ----------------------------------------------------------------------------------- reply shapes
@@ -273,7 +252,7 @@ async def _contend(server: TopGunServer, clients: int, rounds: int) -> list[int]
 
 async def test_mutual_exclusion_under_contention_and_tokens_grow_across_restart(storage_url: str) -> None:
     clients, rounds = 8, 5
-    async with serving(storage_url) as server:
+    async with serving(storage=storage_url) as server:
         order = await _contend(server, clients, rounds)
         # One grant per critical section, tokens strictly increasing in grant order.
         assert len(order) == clients * rounds
@@ -285,7 +264,7 @@ async def test_mutual_exclusion_under_contention_and_tokens_grow_across_restart(
         assert before_restart == clients * rounds + 1
         other = granted_token(await request(c, "other"))
         await c.close()
-    async with serving(storage_url) as server:
+    async with serving(storage=storage_url) as server:
         mgr = locks_of(server)
         assert mgr.fencing_counter("hot") == before_restart
         assert mgr.held_names() == []
@@ -297,7 +276,7 @@ async def test_mutual_exclusion_under_contention_and_tokens_grow_across_restart(
         order2 = await _contend(server, 4, 3)
         assert order2 == list(range(after + 1, after + 1 + 12))
     # And once more: a third start continues from the highest token ever issued.
-    async with serving(storage_url) as server:
+    async with serving(storage=storage_url) as server:
         c = await open_client(server)
         assert granted_token(await request(c, "hot")) == max(order2) + 1
         await c.close()
@@ -345,5 +324,5 @@ async def test_grant_is_withdrawn_when_the_fencing_counter_cannot_be_persisted(t
         await c.close()
     finally:
         await server.stop()
-    async with serving(url) as again:
+    async with serving(storage=url) as again:
         assert locks_of(again).fencing_counter("durable") == t3

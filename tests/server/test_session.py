@@ -5,47 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import msgpack
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from rawclient import SECRET, TRANSPORTS, RawClient, make_token, pack
+from rawclient import SECRET, RawClient, make_token, pack
 from websockets.exceptions import ConnectionClosed
 
+from support.servers import eventually, serving
 from topgun.errors import ProtocolError
 from topgun.protocol.messages import MessageType, TopicMessage
 from topgun.server.app import TopGunServer
 from topgun.server.interfaces import RequestContext
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture(params=TRANSPORTS)
-def transport(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@asynccontextmanager
-async def serving(transport: str, **cfg: Any) -> AsyncIterator[TopGunServer]:
-    cfg.setdefault("storage", "memory://")
-    server = TopGunServer(port=0, transport=transport, **cfg)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
-async def eventually(cond: Any, timeout: float = 3.0) -> None:
-    """Wait until ``cond()`` holds (server-side bookkeeping trails the client's view of a close)."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 def url(server: TopGunServer, path: str = "/ws") -> str:

@@ -5,38 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import msgpack
 import pytest
-from rawclient import SECRET, TRANSPORTS, RawClient, make_token
+from rawclient import SECRET, RawClient, make_token
 
+from support.servers import serving
 from topgun.protocol.messages import MessageType
 from topgun.server.app import TopGunServer
-from topgun.server.handlers.counters import install_coordination_handlers
 from topgun.server.handlers.topics import TopicRegistry
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture(params=TRANSPORTS)
-def transport(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@asynccontextmanager
-async def serving(transport: str = "websockets", **cfg: Any) -> AsyncIterator[TopGunServer]:
-    cfg.setdefault("storage", "memory://")
-    server = TopGunServer(port=0, transport=transport, **cfg)
-    if server.processors.get(MessageType.TOPIC_SUB) is None:
-        install_coordination_handlers(server)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 def topics_of(server: TopGunServer) -> TopicRegistry:
@@ -105,7 +85,7 @@ async def test_fan_out_to_all_subscribers_but_the_publisher(transport: str) -> N
 
 
 async def test_publisher_need_not_be_subscribed_and_topics_are_separate() -> None:
-    async with serving() as server:
+    async with serving("websockets") as server:
         a, _ = await no_auth_client(server)
         b, _ = await no_auth_client(server)
         c, c_dev = await no_auth_client(server)
@@ -129,7 +109,7 @@ async def test_publisher_need_not_be_subscribed_and_topics_are_separate() -> Non
 
 
 async def test_data_is_opaque_and_messages_are_in_order() -> None:
-    async with serving() as server:
+    async with serving("websockets") as server:
         a, _ = await no_auth_client(server)
         b, _ = await no_auth_client(server)
         await sub(b, "t")
@@ -151,7 +131,7 @@ async def test_data_is_opaque_and_messages_are_in_order() -> None:
 
 
 async def test_publisher_id_is_the_user_id_in_jwt_mode() -> None:
-    async with serving(jwt_secret=SECRET) as server:
+    async with serving("websockets", jwt_secret=SECRET) as server:
         alice = await jwt_client(server, "alice")
         bob = await jwt_client(server, "bob")
         await sub(bob, "news")
@@ -166,7 +146,7 @@ async def test_publisher_id_is_the_user_id_in_jwt_mode() -> None:
 
 
 async def test_unsubscribe_and_disconnect_stop_delivery() -> None:
-    async with serving() as server:
+    async with serving("websockets") as server:
         a, _ = await no_auth_client(server)
         b, _ = await no_auth_client(server)
         c, _ = await no_auth_client(server)
@@ -197,7 +177,7 @@ async def test_unsubscribe_and_disconnect_stop_delivery() -> None:
 
 @pytest.mark.parametrize("kind", ["TOPIC_SUB", "TOPIC_UNSUB", "TOPIC_PUB"])
 async def test_bad_topic_name_is_error_400(kind: str) -> None:
-    async with serving() as server:
+    async with serving("websockets") as server:
         c, _ = await no_auth_client(server)
         for bad in ["", "with space", "t" * 257, "émoji", "a,b", "tab\t"]:
             payload: dict[str, Any] = {"topic": bad}

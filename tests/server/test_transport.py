@@ -4,35 +4,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from rawclient import TRANSPORTS, RawClient, http_get, pack
+from rawclient import RawClient, http_get, pack
 
+from support.servers import serving
 from topgun.protocol.messages import MessageType, TopicMessage
 from topgun.server.app import TopGunServer
 from topgun.server.interfaces import RequestContext
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture(params=TRANSPORTS)
-def transport(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@asynccontextmanager
-async def serving(transport: str, **cfg: Any) -> AsyncIterator[TopGunServer]:
-    cfg.setdefault("storage", "memory://")
-    server = TopGunServer(port=0, transport=transport, **cfg)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 @pytest.mark.parametrize("path", ["/ws", "/", "/ws?token=abc&x=1", "/?v=2"])
