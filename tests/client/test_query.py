@@ -5,11 +5,9 @@ against in-process servers and real ``topgun serve`` processes on SQLite and Pos
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 import uuid
 from functools import cmp_to_key
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from support.clients import connected, until
+from support.predicate_oracle import o_cmp_sort, oracle_match, predicates
 from topgun import P
 from topgun.client import MemoryStorage, SQLiteStorage, TopGunClient
 from topgun.client.query import QueryChange
@@ -152,8 +151,6 @@ async def test_query_resubscribes_after_server_restart(server_process: Any, tmp_
 # ---------------------------------------------------------------------------------------------
 # Offline results against the oracle, under random local writes
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
-from predicate_oracle import o_cmp_sort, oracle_match, predicates  # noqa: E402
 
 _values = st.fixed_dictionaries({}, optional={
     "a": st.one_of(st.none(), st.integers(-3, 3), st.sampled_from(["a", "ab", "b"]), st.booleans()),

@@ -15,8 +15,16 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from predicate_oracle import attrs, field_values, o_cmp_sort, o_like, oracle_match, predicates, records
 
+from support.predicate_oracle import (
+    attrs,
+    field_values,
+    o_cmp_sort,
+    o_like,
+    oracle_match,
+    predicates,
+    records,
+)
 from topgun.core.predicates import (
     InvalidPredicateError,
     P,

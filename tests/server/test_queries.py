@@ -9,7 +9,6 @@ import asyncio
 import os
 import re
 import sys
-from functools import cmp_to_key
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rawclient import RawClient
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
-from predicate_oracle import o_cmp_sort, oracle_match, predicates
-
+from support.predicate_oracle import oracle_rows, predicates
 from topgun.core.predicates import P
 
 pytestmark = pytest.mark.timeout(120)
@@ -79,21 +76,6 @@ class Writer:
         self.n += 1
         await self.c.send(batch(remove(str(self.n), m, key, self.t, self.n)))
         await recv_type(self.c, "OP_ACK")
-
-
-def oracle_rows(data: dict[str, Any], query: dict[str, Any]) -> list[tuple[str, Any]]:
-    where = query.get("where") or {}
-    pred = query.get("predicate")
-    sort = [(s["field"], s["direction"]) for s in query.get("sort", [])]
-    rows = []
-    for k, v in data.items():
-        ok = all(oracle_match(v, {"op": "eq", "attribute": f, "value": x}) for f, x in where.items())
-        if ok and pred is not None:
-            ok = oracle_match(v, pred)
-        if ok:
-            rows.append((k, v))
-    rows.sort(key=cmp_to_key(lambda a, b: o_cmp_sort(a, b, sort)))
-    return rows
 
 
 async def test_snapshot_and_live_updates(storage_kind: str, storage_url: str) -> None:

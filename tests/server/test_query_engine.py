@@ -5,18 +5,13 @@ from __future__ import annotations
 
 import base64
 import json
-import sys
-from functools import cmp_to_key
-from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
-from predicate_oracle import o_cmp_sort, oracle_match, predicates
-
+from support.predicate_oracle import oracle_rows, predicates
 from topgun.core.predicates import InvalidPredicateError, P
 from topgun.protocol.messages import ChangeType, CursorStatus
 from topgun.server.query import QueryEngine
@@ -48,21 +43,6 @@ class World:
 
     def delete(self, m: str, key: str, origin: int | None = None) -> list[Any]:
         return self.put(m, key, None, origin)
-
-
-def oracle_rows(data: dict[str, Any], query: dict[str, Any]) -> list[tuple[str, Any]]:
-    where = query.get("where") or {}
-    pred = query.get("predicate")
-    sort = [(s["field"], s["direction"]) for s in query.get("sort", [])]
-    rows = []
-    for k, v in data.items():
-        ok = all(oracle_match(v, {"op": "eq", "attribute": f, "value": x}) for f, x in where.items())
-        if ok and pred is not None:
-            ok = oracle_match(v, pred)
-        if ok:
-            rows.append((k, v))
-    rows.sort(key=cmp_to_key(lambda a, b: o_cmp_sort(a, b, sort)))
-    return rows
 
 
 def apply_events(view: dict[str, Any], updates: list[Any]) -> None:

@@ -3,18 +3,13 @@ each other (same windows, same flags, same order) and against the windows' own f
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
-
-from predicate_oracle import predicates, records, scalars
-
+from support.predicate_oracle import predicates, records, scalars
 from topgun.core.predicates import InvalidPredicateError, P, compile_filter
 from topgun.server.query import QueryEngine
 

@@ -4,6 +4,7 @@ ordering rules, used as the oracle by predicate, engine and integration tests.""
 from __future__ import annotations
 
 import re
+from functools import cmp_to_key
 from typing import Any
 
 from hypothesis import strategies as st
@@ -189,3 +190,20 @@ predicates = st.recursive(
     ),
     max_leaves=6,
 )
+
+
+def oracle_rows(data: dict[str, Any], query: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The rows a §5.11 query selects from ``data`` (``where`` equalities, ``predicate``), in its
+    ``sort`` order — no limit, no cursor."""
+    where = query.get("where") or {}
+    pred = query.get("predicate")
+    sort = [(s["field"], s["direction"]) for s in query.get("sort", [])]
+    rows = []
+    for k, v in data.items():
+        ok = all(oracle_match(v, {"op": "eq", "attribute": f, "value": x}) for f, x in where.items())
+        if ok and pred is not None:
+            ok = oracle_match(v, pred)
+        if ok:
+            rows.append((k, v))
+    rows.sort(key=cmp_to_key(lambda a, b: o_cmp_sort(a, b, sort)))
+    return rows
