@@ -657,33 +657,31 @@ cdef inline uint8_t _peek(Rd* r) noexcept nogil:
     return r.b[r.pos]
 
 
-cdef inline Py_ssize_t _map_len(Rd* r) noexcept nogil:
-    """Entries of the map at the cursor (cursor moved past the header), or -1 if not a map."""
+cdef inline Py_ssize_t _container_len(Rd* r, uint8_t fix, uint8_t c16) noexcept nogil:
+    """Size of the map or array at the cursor (cursor moved past the header), or -1 if the value
+    is not of that family: ``fix`` is its fix-size base code, ``c16`` its 16-bit code (``c16 + 1``
+    the 32-bit one)."""
     cdef uint8_t c = r.b[r.pos]
-    if 0x80 <= c <= 0x8F:
+    if fix <= c <= fix + 0x0F:
         r.pos += 1
         return c & 0x0F
-    if c == 0xDE:
+    if c == c16:
         r.pos += 3
         return <Py_ssize_t>_be(r.b + r.pos - 2, 2)
-    if c == 0xDF:
+    if c == c16 + 1:
         r.pos += 5
         return <Py_ssize_t>_be(r.b + r.pos - 4, 4)
     return -1
+
+
+cdef inline Py_ssize_t _map_len(Rd* r) noexcept nogil:
+    """Entries of the map at the cursor (cursor moved past the header), or -1 if not a map."""
+    return _container_len(r, 0x80, 0xDE)
 
 
 cdef inline Py_ssize_t _arr_len(Rd* r) noexcept nogil:
-    cdef uint8_t c = r.b[r.pos]
-    if 0x90 <= c <= 0x9F:
-        r.pos += 1
-        return c & 0x0F
-    if c == 0xDC:
-        r.pos += 3
-        return <Py_ssize_t>_be(r.b + r.pos - 2, 2)
-    if c == 0xDD:
-        r.pos += 5
-        return <Py_ssize_t>_be(r.b + r.pos - 4, 4)
-    return -1
+    """Items of the array at the cursor (cursor moved past the header), or -1 if not an array."""
+    return _container_len(r, 0x90, 0xDC)
 
 
 cdef inline Py_ssize_t _str_len(Rd* r) noexcept nogil:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -409,14 +409,23 @@ def _d_or_record(v: Any, path: str, lim: Limits) -> ORMapRecord:
     return ORMapRecord(v.get("value"), ts, tag, _opt_int(v, "ttlMs", path))
 
 
-def _d_entries(v: Any, path: str, lim: Limits) -> list[ORMapEntry]:
+def _maps_of(
+    v: Any, path: str, array: str = "an array", item: str = "a map"
+) -> Iterator[tuple[dict[str, Any], str]]:
+    """Each element of the array ``v`` with its path, checked to be a map (in order, lazily, so
+    the first bad element raises only after the ones before it were decoded)."""
     if type(v) is not list:
-        raise _type_error(path, "an array of ORMapEntry")
-    out = []
+        raise _type_error(path, array)
     for i, e in enumerate(v):
         p = f"{path}[{i}]"
         if type(e) is not dict:
-            raise _type_error(p, "an ORMapEntry map")
+            raise _type_error(p, item)
+        yield e, p
+
+
+def _d_entries(v: Any, path: str, lim: Limits) -> list[ORMapEntry]:
+    out = []
+    for e, p in _maps_of(v, path, "an array of ORMapEntry", "an ORMapEntry map"):
         key = _d_str(_get(e, "key", p), p + ".key", lim)
         recs = e.get("records")
         if recs is None:
@@ -436,52 +445,32 @@ def _d_entries(v: Any, path: str, lim: Limits) -> list[ORMapEntry]:
 
 
 def _d_leaf_records(v: Any, path: str, lim: Limits) -> list[LeafRecord]:
-    if type(v) is not list:
-        raise _type_error(path, "an array")
-    out = []
-    for i, e in enumerate(v):
-        p = f"{path}[{i}]"
-        if type(e) is not dict:
-            raise _type_error(p, "a map")
-        out.append(
-            LeafRecord(
-                key=_d_str(_get(e, "key", p), p + ".key", lim),
-                record=_d_lww(_get(e, "record", p), p + ".record", lim),
-            )
+    return [
+        LeafRecord(
+            key=_d_str(_get(e, "key", p), p + ".key", lim),
+            record=_d_lww(_get(e, "record", p), p + ".record", lim),
         )
-    return out
+        for e, p in _maps_of(v, path)
+    ]
 
 
 def _d_results(v: Any, path: str, lim: Limits) -> list[QueryResultItem]:
-    if type(v) is not list:
-        raise _type_error(path, "an array")
-    out = []
-    for i, e in enumerate(v):
-        p = f"{path}[{i}]"
-        if type(e) is not dict:
-            raise _type_error(p, "a map")
-        out.append(QueryResultItem(key=_d_str(_get(e, "key", p), p + ".key", lim), value=e.get("value")))
-    return out
+    return [
+        QueryResultItem(key=_d_str(_get(e, "key", p), p + ".key", lim), value=e.get("value"))
+        for e, p in _maps_of(v, path)
+    ]
 
 
 def _d_op_results(v: Any, path: str, lim: Limits) -> list[OpResult]:
-    if type(v) is not list:
-        raise _type_error(path, "an array")
-    out = []
-    for i, e in enumerate(v):
-        p = f"{path}[{i}]"
-        if type(e) is not dict:
-            raise _type_error(p, "a map")
-        err = e.get("error")
-        out.append(
-            OpResult(
-                op_id=_d_str(_get(e, "opId", p), p + ".opId", lim),
-                success=_d_bool(_get(e, "success", p), p + ".success", lim),
-                achieved_level=_d_write_concern(_get(e, "achievedLevel", p), p + ".achievedLevel", lim),
-                error=None if err is None else _d_str(err, p + ".error", lim),
-            )
+    return [
+        OpResult(
+            op_id=_d_str(_get(e, "opId", p), p + ".opId", lim),
+            success=_d_bool(_get(e, "success", p), p + ".success", lim),
+            achieved_level=_d_write_concern(_get(e, "achievedLevel", p), p + ".achievedLevel", lim),
+            error=None if e.get("error") is None else _d_str(e["error"], p + ".error", lim),
         )
-    return out
+        for e, p in _maps_of(v, path)
+    ]
 
 
 def _num_map(v: Any, path: str) -> dict[str, int | float]:
