@@ -14,7 +14,7 @@ import contextlib
 import logging
 import os
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from enum import Enum
 from typing import Any
 
@@ -234,35 +234,31 @@ class SQLiteStorage:
     def in_transaction(self) -> bool:
         return self._depth > 0
 
-    def _run(self, sql: str, params: tuple[Any, ...] = ()) -> None:
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        """The connection for one write: inside the caller's open transaction (staged segments
+        flushed first, so they land before it), else in a transaction of its own."""
         conn = self.conn
         if self._depth:
             if self._seg_buf:
                 self._flush()
+            yield conn
+            return
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _run(self, sql: str, params: tuple[Any, ...] = ()) -> None:
+        with self._writing() as conn:
             conn.execute(sql, params)
-        else:
-            conn.execute("BEGIN")
-            try:
-                conn.execute(sql, params)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
 
     def _run_many(self, sql: str, rows: Iterable[tuple[Any, ...]]) -> None:
-        conn = self.conn
-        if self._depth:
-            if self._seg_buf:
-                self._flush()
+        with self._writing() as conn:
             conn.executemany(sql, rows)
-        else:
-            conn.execute("BEGIN")
-            try:
-                conn.executemany(sql, rows)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
 
     # -- meta --------------------------------------------------------------------------------------
 
