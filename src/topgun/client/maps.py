@@ -8,9 +8,11 @@ sync engine sends it when there is a connection.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from topgun.client.state import MapEvent, ORMapEvent
+from topgun.core.lww import LWWMap
+from topgun.core.ormap import ORMap
 from topgun.core.records import LWWRecord, ORMapRecord
 
 if TYPE_CHECKING:
@@ -18,16 +20,46 @@ if TYPE_CHECKING:
 
 __all__ = ["LWWMapHandle", "ORMapHandle"]
 
+_Replica = TypeVar("_Replica", LWWMap, ORMap)
 
-class LWWMapHandle:
-    """A last-writer-wins map: one value per key."""
 
-    __slots__ = ("_map", "_store", "get", "name")
+class _MapHandle(Generic[_Replica]):
+    """What both handles share: the map's name, its local replica and the read-only container
+    protocol over the replica's live keys."""
 
-    def __init__(self, store: LocalStore, name: str) -> None:
+    __slots__ = ("_map", "_store", "name")
+
+    def __init__(self, store: LocalStore, name: str, replica: _Replica) -> None:
         self._store = store
         self.name = name
-        self._map = store.lww(name)
+        self._map: _Replica = replica
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._map
+
+    def __len__(self) -> int:
+        return len(self._map)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._map.keys())
+
+    def keys(self) -> list[str]:
+        """Keys with a live (visible) value."""
+        return self._map.keys()
+
+    @property
+    def root_hash(self) -> int:
+        """The Merkle root of this replica (equal to the server's when in sync)."""
+        return int(self._map.root_hash)
+
+
+class LWWMapHandle(_MapHandle[LWWMap]):
+    """A last-writer-wins map: one value per key."""
+
+    __slots__ = ("get",)
+
+    def __init__(self, store: LocalStore, name: str) -> None:
+        super().__init__(store, name, store.lww(name))
         # Reads go straight to the replica: no wrapper call on the hot path.
         self.get: Callable[[str], Any] = self._map.get
 
@@ -37,16 +69,13 @@ class LWWMapHandle:
 
     async def aset(self, key: str, value: Any, ttl_ms: int | None = None) -> LWWRecord:
         """Like :meth:`set`, but waits for room in the op log instead of raising at the cap."""
-        await self._store_room()
+        await self._store.wait_for_room()
         return self._store.lww_set(self.name, key, value, ttl_ms)
 
     async def aremove(self, key: str) -> LWWRecord:
         """Like :meth:`remove`, but waits for room in the op log."""
-        await self._store_room()
-        return self._store.lww_remove(self.name, key)
-
-    async def _store_room(self) -> None:
         await self._store.wait_for_room()
+        return self._store.lww_remove(self.name, key)
 
     def remove(self, key: str) -> LWWRecord:
         """Delete ``key`` (stores a tombstone that syncs like any write)."""
@@ -68,19 +97,6 @@ class LWWMapHandle:
     def __delitem__(self, key: str) -> None:
         self.remove(key)
 
-    def __contains__(self, key: object) -> bool:
-        return key in self._map
-
-    def __len__(self) -> int:
-        return len(self._map)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._map.keys())
-
-    def keys(self) -> list[str]:
-        """Live keys."""
-        return self._map.keys()
-
     def values(self) -> list[Any]:
         """Values of live keys."""
         return self._map.values()
@@ -93,11 +109,6 @@ class LWWMapHandle:
         """Every stored ``(key, record)``, tombstones included."""
         return self._map.records()
 
-    @property
-    def root_hash(self) -> int:
-        """The Merkle root of this replica (equal to the server's when in sync)."""
-        return int(self._map.root_hash)
-
     def subscribe(self, callback: Callable[[MapEvent], None]) -> Callable[[], None]:
         """Call ``callback(MapEvent)`` on every local and remote change; returns the unsubscribe callable."""
         return self._store.subscribe(self.name, callback)
@@ -106,15 +117,13 @@ class LWWMapHandle:
         return f"LWWMapHandle({self.name!r}, records={self._map.record_count})"
 
 
-class ORMapHandle:
+class ORMapHandle(_MapHandle[ORMap]):
     """An observed-remove map: a set of values per key; concurrent adds survive removes."""
 
-    __slots__ = ("_map", "_store", "name")
+    __slots__ = ()
 
     def __init__(self, store: LocalStore, name: str) -> None:
-        self._store = store
-        self.name = name
-        self._map = store.ormap(name)
+        super().__init__(store, name, store.ormap(name))
 
     def add(self, key: str, value: Any, ttl_ms: int | None = None) -> ORMapRecord:
         """Add ``value`` under ``key`` (a new tagged record)."""
@@ -137,27 +146,9 @@ class ORMapHandle:
         """Every record of ``key`` (expired ones included), in tag order."""
         return self._map.get_records(key)
 
-    def __contains__(self, key: object) -> bool:
-        return key in self._map
-
-    def __len__(self) -> int:
-        return len(self._map)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._map.keys())
-
-    def keys(self) -> list[str]:
-        """Keys with visible values."""
-        return self._map.keys()
-
     def items(self) -> list[tuple[str, list[Any]]]:
         """``(key, values)`` of keys with visible values."""
         return [(k, self._map.get(k)) for k in self._map.keys()]
-
-    @property
-    def root_hash(self) -> int:
-        """The Merkle root of this replica."""
-        return int(self._map.root_hash)
 
     def subscribe(self, callback: Callable[[ORMapEvent], None]) -> Callable[[], None]:
         """Call ``callback(ORMapEvent)`` on every local and remote change; returns an unsubscriber."""
