@@ -31,7 +31,7 @@ from topgun.protocol.messages import (
     CounterUpdate,
     MessageType,
 )
-from topgun.server.handlers.locks import CommitterSource
+from topgun.server.handlers.locks import CommitterSource, PersistsThroughCommitter
 from topgun.server.interfaces import RequestContext
 from topgun.server.persistence import GroupCommitter
 
@@ -51,7 +51,7 @@ def _check_name(name: str) -> str:
     return name
 
 
-class CounterRegistry:
+class CounterRegistry(PersistsThroughCommitter):
     """Counter name → state and subscribers; the processor of ``COUNTER_REQUEST``/``COUNTER_SYNC``."""
 
     def __init__(self, committer: CommitterSource = None, *, encode: Any = None) -> None:
@@ -68,16 +68,6 @@ class CounterRegistry:
         reg = server.processors
         reg.register(MessageType.COUNTER_REQUEST, self.handle_request)
         reg.register(MessageType.COUNTER_SYNC, self.handle_sync)
-
-    def set_committer(self, committer: CommitterSource) -> None:
-        """Use ``committer`` (or a callable returning it) to persist counter states."""
-        self._committer_source = committer
-
-    def _committer(self) -> GroupCommitter | None:
-        src = self._committer_source
-        if src is None or isinstance(src, GroupCommitter):
-            return src
-        return src()
 
     def load(self, counters: Mapping[str, Mapping[str, Any]]) -> None:
         """Merge persisted states (``Snapshot.counters``: name → ``{"p": …, "n": …}``)."""

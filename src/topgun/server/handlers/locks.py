@@ -31,12 +31,32 @@ from topgun.server.handlers.topics import is_valid_name
 from topgun.server.interfaces import RequestContext
 from topgun.server.persistence import GroupCommitter
 
-__all__ = ["CommitterSource", "LockManager"]
+__all__ = ["CommitterSource", "LockManager", "PersistsThroughCommitter"]
 
 log = logging.getLogger("topgun.server.locks")
 
 #: A group committer, a callable returning the current one (or None), or None (no persistence).
 CommitterSource = Union[GroupCommitter, Callable[[], Union[GroupCommitter, None]], None]  # noqa: UP007
+
+
+class PersistsThroughCommitter:
+    """Base of the coordination handlers that persist through the server's group committer.
+
+    The source is resolved at each use, because the server creates its committer only when it
+    starts, after the handlers were installed.
+    """
+
+    _committer_source: CommitterSource
+
+    def set_committer(self, committer: CommitterSource) -> None:
+        """Use ``committer`` (or a callable returning it) to persist this handler's state."""
+        self._committer_source = committer
+
+    def _committer(self) -> GroupCommitter | None:
+        src = self._committer_source
+        if src is None or isinstance(src, GroupCommitter):
+            return src
+        return src()
 
 # Key of the per-connection set of held lock names in ``ctx.data``.
 _CTX_KEY = "topgun.locks"
@@ -55,7 +75,7 @@ class _Lease:
         self.timer: asyncio.TimerHandle | None = None
 
 
-class LockManager:
+class LockManager(PersistsThroughCommitter):
     """Lock table and fencing counters; the processor of ``LOCK_REQUEST`` and ``LOCK_RELEASE``.
 
     ``committer`` persists fencing counters (a :class:`GroupCommitter`, or a
@@ -78,16 +98,6 @@ class LockManager:
         reg = server.processors
         reg.register(MessageType.LOCK_REQUEST, self.handle_request)
         reg.register(MessageType.LOCK_RELEASE, self.handle_release)
-
-    def set_committer(self, committer: CommitterSource) -> None:
-        """Use ``committer`` (or a callable returning it) to persist fencing counters."""
-        self._committer_source = committer
-
-    def _committer(self) -> GroupCommitter | None:
-        src = self._committer_source
-        if src is None or isinstance(src, GroupCommitter):
-            return src
-        return src()
 
     def load(self, fencing: Mapping[str, int]) -> None:
         """Adopt persisted fencing counters (``Snapshot.fencing``); counters never go down."""
