@@ -4,13 +4,12 @@ cursors, aggregates) and its wiring into the grid and the session layer
 
 from topgun.server.query.cursor import CURSOR_TTL_MS, decode_cursor, encode_cursor, fingerprint
 from topgun.server.query.engine import DEFAULT_MAX_ROWS, QueryEngine, QuerySpec, Snapshot, Subscription
-from topgun.server.query.indexes import HashIndex, IntervalIndex, SortedIndex
+from topgun.server.query.indexes import HashIndex, SortedIndex
 
 __all__ = [
     "CURSOR_TTL_MS",
     "DEFAULT_MAX_ROWS",
     "HashIndex",
-    "IntervalIndex",
     "QueryEngine",
     "QuerySpec",
     "Snapshot",

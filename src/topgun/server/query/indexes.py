@@ -1,6 +1,6 @@
-"""Per-map secondary indexes (records) and subscription indexes (live queries).
+"""Per-map secondary indexes of records, for query snapshots.
 
-Record indexes answer "which keys may match" for a snapshot:
+They answer "which keys may match" for a snapshot:
 
 * :class:`HashIndex` — field value → keys, for ``eq``/``in``/``where``;
 * :class:`SortedIndex` — ordered (value, key) pairs of numbers and strings, for
@@ -10,21 +10,19 @@ Both keep a reverse map key → indexed value, so an update never needs the old
 record, and an index is always a *superset* filter: callers still evaluate the
 full predicate on each candidate.
 
-:class:`IntervalIndex` is the subscription side: given a field value of a written
-record it finds the range subscriptions whose interval contains it (stabbing
-query on a lazily rebuilt centered interval tree).
+Matching writes against subscriptions is the job of :mod:`topgun.server.query.match`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from sortedcontainers import SortedList
 
 from topgun.core.predicates import get_field
 
-__all__ = ["OTHER", "HashIndex", "IntervalIndex", "SortedIndex", "eq_key", "range_key"]
+__all__ = ["OTHER", "HashIndex", "SortedIndex", "eq_key", "range_key"]
 
 #: ``eq_key`` of values that cannot be hashed (maps, arrays, ext): never indexed by value.
 OTHER: Any = ("__other__",)
@@ -156,105 +154,4 @@ class SortedIndex:
 
     def __len__(self) -> int:
         return len(self.by_key)
-
-
-class _Node:
-    __slots__ = ("by_high", "by_low", "center", "left", "right")
-
-    def __init__(self, center: Any) -> None:
-        self.center = center
-        self.by_low: list[tuple[Any, Any, Any]] = []
-        self.by_high: list[tuple[Any, Any, Any]] = []
-        self.left: _Node | None = None
-        self.right: _Node | None = None
-
-
-def _build(items: list[tuple[Any, Any, Any]]) -> _Node | None:
-    if not items:
-        return None
-    points = sorted([lo for lo, _, _ in items] + [hi for _, hi, _ in items])
-    center = points[len(points) // 2]
-    node = _Node(center)
-    left, right, mid = [], [], []
-    for it in items:
-        lo, hi, _ = it
-        if hi < center:
-            left.append(it)
-        elif lo > center:
-            right.append(it)
-        else:
-            mid.append(it)
-    node.by_low = sorted(mid, key=lambda t: t[0])
-    node.by_high = sorted(mid, key=lambda t: t[1], reverse=True)
-    node.left = _build(left)
-    node.right = _build(right)
-    return node
-
-
-class IntervalIndex:
-    """Closed intervals ``[low, high]`` (per type class) → payloads, with stabbing queries.
-
-    Interval ends are plain tuples so comparisons run at C speed: ``(0, x)`` is ``x``,
-    ``(-1,)`` is minus infinity and ``(1,)`` plus infinity (open ends). The tree is rebuilt
-    lazily after additions/removals, which are rare compared with queries (subscriptions vs
-    writes).
-    """
-
-    __slots__ = ("_dirty", "_entries", "_trees")
-
-    def __init__(self) -> None:
-        self._entries: dict[Any, tuple[int, Any, Any]] = {}
-        self._trees: dict[int, _Node | None] = {}
-        self._dirty = False
-
-    def add(self, payload: Any, cls: int, low: Any, high: Any) -> None:
-        """Register ``payload`` for ``[low, high]`` of type class ``cls`` (``None`` = unbounded)."""
-        self._entries[payload] = (cls, low, high)
-        self._dirty = True
-
-    def remove(self, payload: Any) -> None:
-        if self._entries.pop(payload, None) is not None:
-            self._dirty = True
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def _rebuild(self) -> None:
-        per: dict[int, list[tuple[Any, Any, Any]]] = {}
-        for payload, (cls, low, high) in self._entries.items():
-            lo = (0, low) if low is not None else (-1,)
-            hi = (0, high) if high is not None else (1,)
-            per.setdefault(cls, []).append((lo, hi, payload))
-        self._trees = {cls: _build(items) for cls, items in per.items()}
-        self._dirty = False
-
-    def stab(self, value: Any) -> Iterable[Any]:
-        """Payloads whose interval contains ``value`` (a number or string)."""
-        rk = range_key(value)
-        if rk is None:
-            return ()
-        if self._dirty:
-            self._rebuild()
-        node = self._trees.get(rk[0])
-        if node is None:
-            return ()
-        v = (0, rk[1])
-        out = []
-        while node is not None:
-            if v < node.center:
-                for lo, _, p in node.by_low:
-                    if lo > v:
-                        break
-                    out.append(p)
-                node = node.left
-            elif node.center < v:
-                for _, hi, p in node.by_high:
-                    if hi < v:
-                        break
-                    out.append(p)
-                node = node.right
-            else:
-                out.extend(p for _, _, p in node.by_low)
-                break
-        return out
 
