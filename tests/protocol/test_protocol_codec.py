@@ -592,14 +592,6 @@ def test_malformed_frames(twin: Any, frame: bytes) -> None:
         twin.codec.decode(frame)
 
 
-def _nested(depth: int) -> bytes:
-    # depth counts containers including the top-level map
-    inner = b"\x90"
-    for _ in range(depth - 2):
-        inner = b"\x91" + inner
-    return b"\x82\xa4type\xa9TOPIC_PUB\xa7payload" + b"\x82\xa5topic\xa1t\xa4data" + inner
-
-
 def test_depth_limit(twin: Any) -> None:
     # top map + payload map + data arrays: depth = 2 + (n arrays)
     ok = b"\x82\xa4type\xa9TOPIC_PUB\xa7payload\x82\xa5topic\xa1t\xa4data" + b"\x91" * 253 + b"\x90"

@@ -137,17 +137,6 @@ def wire_or(d: dict[str, Any]) -> ORMapRecord:
     return ORMapRecord(d["value"], wire_ts(d["timestamp"]), d["tag"], None if ttl is None else int(ttl))
 
 
-def lww_to_wire(r: LWWRecord) -> dict[str, Any]:
-    return {
-        "value": r.value,
-        "timestamp": {
-            "millis": r.timestamp.millis,
-            "counter": r.timestamp.counter,
-            "nodeId": r.timestamp.node_id,
-        },
-    }
-
-
 def or_to_wire(r: ORMapRecord) -> dict[str, Any]:
     t = r.timestamp
     return {

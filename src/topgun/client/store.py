@@ -215,14 +215,6 @@ class LocalStore:
 
     # -- maps --------------------------------------------------------------------------------------
 
-    def kind_of(self, name: str) -> MapKind | None:
-        """The kind of a map held locally, or None."""
-        if name in self.lww_maps:
-            return MapKind.LWW
-        if name in self.or_maps:
-            return MapKind.OR
-        return None
-
     def lww(self, name: str) -> LWWMap:
         """The LWW replica of ``name``, created (and registered in storage) on first use."""
         m = self.lww_maps.get(name)
@@ -282,11 +274,6 @@ class LocalStore:
     def pending_count(self) -> int:
         """Number of unacknowledged ops."""
         return len(self.pending)
-
-    @property
-    def has_room(self) -> bool:
-        """True while the op log is below its cap."""
-        return len(self.pending) < self.max_pending_ops
 
     def _check_room(self, n: int = 1) -> None:
         if len(self.pending) + n > self.max_pending_ops and len(self.pending) > 0:

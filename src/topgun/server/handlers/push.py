@@ -79,10 +79,6 @@ class PushNotifier:
         self._interest.setdefault(map_name, {})[ctx.connection_id] = ctx
         return True
 
-    def is_interested(self, ctx: RequestContext, map_name: str) -> bool:
-        maps = ctx.data.get(INTEREST_KEY)
-        return maps is not None and map_name in maps
-
     def interested(self, map_name: str) -> list[RequestContext]:
         """Connections interested in ``map_name``."""
         return list(self._interest.get(map_name, {}).values())

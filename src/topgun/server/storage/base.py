@@ -286,18 +286,6 @@ class WriteBatch:
             or bool(self.meta)
         )
 
-    def absorb(self, newer: WriteBatch) -> None:
-        """Merge ``newer`` into this batch; on a shared row ``newer`` wins."""
-        self.lww.update(newer.lww)
-        self.or_records.update(newer.or_records)
-        self.or_tombstones.update(newer.or_tombstones)
-        self.map_kinds.update(newer.map_kinds)
-        self.horizons.update(newer.horizons)
-        self.counters.update(newer.counters)
-        self.fencing.update(newer.fencing)
-        self.meta.update(newer.meta)
-        self.recorded += newer.recorded
-
     def lww_split(self) -> tuple[list[tuple[str, str, LWWRow]], list[tuple[str, str]]]:
         """``(upserts, deletes)`` of LWW rows: upserts as ``(map, key, row)``."""
         ups: list[tuple[str, str, LWWRow]] = []
