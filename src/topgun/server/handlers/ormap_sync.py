@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from topgun.core.hashing import route
+from topgun.core.merkle import DEPTH
 from topgun.core.ormap import ORMap
 from topgun.protocol.messages import (
     ClientApplyAck,
@@ -98,7 +99,7 @@ class ORMapSyncHandler:
             return
         orm = self.core.grid.ormap(name)
         tree = orm.merkle if orm is not None else None
-        if len(path) < 3:
+        if len(path) < DEPTH:
             buckets = tree.buckets(path) if tree is not None else {}
             ctx.send(ORMapSyncRespBuckets(map_name=name, path=path, buckets=dict(buckets)))
             return

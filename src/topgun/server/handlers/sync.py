@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from topgun.core.merkle import DEPTH
 from topgun.errors import ProtocolError
 from topgun.protocol.messages import (
     LeafRecord,
@@ -33,12 +34,11 @@ __all__ = ["RESET_SENT_KEY", "SyncHandler", "check_path"]
 RESET_SENT_KEY = "sync.reset_sent"
 
 _HEX = frozenset("0123456789abcdef")
-_DEPTH = 3
 
 
 def check_path(path: str) -> None:
     """Raise ``ProtocolError`` (400) unless ``path`` is 0-3 lowercase hex characters (§3.5.1)."""
-    if len(path) > _DEPTH or not _HEX.issuperset(path):
+    if len(path) > DEPTH or not _HEX.issuperset(path):
         raise ProtocolError(f"invalid Merkle path {path!r}: expected 0-3 lowercase hex digits", field="path")
 
 
@@ -98,7 +98,7 @@ class SyncHandler:
             return
         lww = self.core.grid.lww(name)
         tree = lww.merkle if lww is not None else None
-        if len(path) < _DEPTH:
+        if len(path) < DEPTH:
             buckets = tree.buckets(path) if tree is not None else {}
             ctx.send(SyncRespBuckets(map_name=name, path=path, buckets=dict(buckets)))
             return
