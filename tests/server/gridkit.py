@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from rawclient import RawClient
 
+import support.servers
 from topgun.core.records import LWWRecord, ORMapRecord, Timestamp
 from topgun.server.app import TopGunServer
 
@@ -17,17 +17,11 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-@asynccontextmanager
-async def serving(storage: str = "memory://", **cfg: Any) -> AsyncIterator[TopGunServer]:
-    """A running server (no-auth unless a JWT secret is given)."""
+def serving(storage: str = "memory://", **cfg: Any) -> AbstractAsyncContextManager[TopGunServer]:
+    """A running server on picows without periodic GC (no-auth unless a JWT secret is given)."""
     cfg.setdefault("transport", "picows")
     cfg.setdefault("gc_interval", 0.0)
-    server = TopGunServer(port=0, storage=storage, **cfg)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
+    return support.servers.serving(storage=storage, **cfg)
 
 
 def ws_url(server: TopGunServer) -> str:
