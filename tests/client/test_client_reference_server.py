@@ -21,6 +21,7 @@ from client_peer import converse, wire
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from support.clocks import Wall
 from topgun.client.counter import CounterHandle, CounterManager
 from topgun.client.engine import SyncEngine
 from topgun.client.state import ChangeOrigin
@@ -62,14 +63,6 @@ CLIENT_T0 = 1_700_000_600_000
 #: The reference server's wall clock runs 10 minutes behind the client's: its re-stamped
 #: timestamps are older than the client's own (the case where the LWW rule alone keeps ours).
 SERVER_T0 = 1_700_000_000_000
-
-
-class Wall:
-    def __init__(self, t: int) -> None:
-        self.t = t
-
-    def __call__(self) -> int:
-        return self.t
 
 
 def _mangle(h: int) -> int:

@@ -11,20 +11,11 @@ from core_strategies import PROPS, timestamps
 from hypothesis import given
 from hypothesis import strategies as st
 
+from support.clocks import Wall
 from topgun.core.records import Timestamp
 from topgun.errors import ClockDriftError
 
 T = Timestamp
-
-
-class Wall:
-    """A settable wall clock in integer ms."""
-
-    def __init__(self, t: int) -> None:
-        self.t = t
-
-    def __call__(self) -> int:
-        return self.t
 
 
 def clock(twin, t, **kw):

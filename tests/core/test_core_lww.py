@@ -10,19 +10,12 @@ from core_strategies import FEW, PROPS, lww_ops
 from hypothesis import given
 from hypothesis import strategies as st
 
+from support.clocks import Wall
 from topgun.core.records import LWWRecord, Timestamp
 from topgun.errors import ClockDriftError, ClockError
 
 T = Timestamp
 R = LWWRecord
-
-
-class Wall:
-    def __init__(self, t: int) -> None:
-        self.t = t
-
-    def __call__(self) -> int:
-        return self.t
 
 
 def new_map(twin, t=1_000_000, node="me", **kw):

@@ -8,6 +8,7 @@ from core_strategies import FEW, PROPS, or_ops
 from hypothesis import given
 from hypothesis import strategies as st
 
+from support.clocks import Wall
 from topgun.core.hashing import or_entry_hash
 from topgun.core.hlc import HLC
 from topgun.core.merkle import MerkleTree
@@ -15,14 +16,6 @@ from topgun.core.ormap import ORMap
 from topgun.core.records import ORMapRecord, Timestamp
 
 T = Timestamp
-
-
-class Wall:
-    def __init__(self, t: int) -> None:
-        self.t = t
-
-    def __call__(self) -> int:
-        return self.t
 
 
 def new_map(t=1_000_000, node="me"):

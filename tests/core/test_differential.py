@@ -12,6 +12,7 @@ from core_strategies import PROPS, json_values, keys, lww_ops, timestamps
 from hypothesis import given
 from hypothesis import strategies as st
 
+from support.clocks import Wall
 from topgun.core._hashing_py import route
 from topgun.core.records import LWWRecord, ORMapRecord, Timestamp
 from topgun.errors import ClockDriftError
@@ -121,14 +122,6 @@ def test_merkle_trees(pure, compiled, ops):
     assert leaves_dump(tc) == leaves_dump(tp)
     for p in [*HEX, "", "0f", "abc"]:
         assert tc.keys_under(p) == tp.keys_under(p)
-
-
-class Wall:
-    def __init__(self, t: int) -> None:
-        self.t = t
-
-    def __call__(self) -> int:
-        return self.t
 
 
 lww_script = st.lists(
