@@ -18,18 +18,13 @@ from gridkit import batch, connect, now_ms, put, serving
 from rawclient import RawClient
 
 from support.pg import need_postgres
-from topgun.server.storage import open_storage
+from support.stores import reload
 
 pytestmark = pytest.mark.timeout(120)
 
 
 async def load_map(url: str, name: str) -> dict[str, Any]:
-    store = open_storage(url)
-    await store.open()
-    try:
-        snap = await store.load()
-    finally:
-        await store.close()
+    snap = await reload(url)
     m = snap.maps.get(name)
     return {k: r.value for k, r in m.lww.items()} if m is not None else {}
 

@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from support.stores import reload
 from topgun.core.records import LWWRecord, ORMapRecord, Timestamp
 from topgun.errors import StorageError
 from topgun.server.persistence import GroupCommitter, LatencyHistogram
@@ -57,16 +58,6 @@ class Gated:
         self.recorded.append(batch.recorded)
 
 
-async def fresh_load(url: str) -> Snapshot:
-    """Load through a second, independent storage instance (what a restarted server sees)."""
-    s = open_storage(url)
-    await s.open()
-    try:
-        return await s.load()
-    finally:
-        await s.close()
-
-
 async def test_submit_resolves_only_after_commit(storage_url: str) -> None:
     inner = open_storage(storage_url)
     store = Gated(inner)
@@ -78,11 +69,11 @@ async def test_submit_resolves_only_after_commit(storage_url: str) -> None:
         await asyncio.wait_for(store.started.wait(), 10)
         await asyncio.sleep(0.05)
         assert not fut.done()
-        assert "m" not in (await fresh_load(storage_url)).maps  # nothing durable yet
+        assert "m" not in (await reload(storage_url)).maps  # nothing durable yet
         assert committer.backlog_rows == 1
         store.gate.set()
         await asyncio.wait_for(fut, 10)
-        assert (await fresh_load(storage_url)).maps["m"].lww == {"k": rec("v")}
+        assert (await reload(storage_url)).maps["m"].lww == {"k": rec("v")}
         assert committer.backlog_rows == 0
     finally:
         store.gate.set()  # never leave close() waiting on a shut gate
@@ -108,7 +99,7 @@ async def test_changes_accumulate_while_a_commit_is_in_flight(storage_url: str) 
         assert store.sizes == [1, 101]  # the hot key written 1000 times is one row
         assert store.recorded == [1, 1100]
         assert committer.stats.commits == 2
-        snap = await fresh_load(storage_url)
+        snap = await reload(storage_url)
         assert len(snap.maps["m"].lww) == 102
         assert snap.maps["m"].lww["hot"] == rec(999, 999)
     finally:
@@ -129,7 +120,7 @@ async def test_batch_size_cap_bounds_transactions(storage_url: str) -> None:
         await asyncio.wait_for(asyncio.gather(*futs), 10)
         assert store.sizes == [10, 10, 10, 5]
         assert len({id(f) for f in futs}) == 4
-        assert len((await fresh_load(storage_url)).maps["m"].lww) == 35
+        assert len((await reload(storage_url)).maps["m"].lww) == 35
     finally:
         store.gate.set()  # never leave close() waiting on a shut gate
         await committer.close()
@@ -149,7 +140,7 @@ async def test_batch_and_commit_future_record_several_changes(storage_url: str) 
         b.set_fencing("lock", 3)
         b.set_meta("node_id", "srv")
         await asyncio.wait_for(committer.commit_future(), 10)
-        snap = await fresh_load(storage_url)
+        snap = await reload(storage_url)
         assert snap.maps["o"].or_records == {"k": [ORMapRecord("x", Timestamp(1, 0, "n"), "1:0:n")]}
         assert snap.maps["o"].or_tombstones == {"0:0:n": ("k", 99)}
         assert (snap.counters, snap.fencing, snap.meta) == (
@@ -177,7 +168,7 @@ async def test_many_concurrent_producers(storage_url: str) -> None:
         # Each producer awaits its own commit, so transactions carry work of many producers.
         assert committer.stats.commits < 2000
         assert max(store.sizes) > 1
-        snap = await fresh_load(storage_url)
+        snap = await reload(storage_url)
         assert len(snap.maps["m"].lww) == 2000
         assert snap.maps["m"].lww["p7-42"].value == [7, 42]
     finally:
@@ -196,7 +187,7 @@ async def test_drain_flushes_everything(storage_url: str) -> None:
         assert committer.backlog_rows == 1000
         await asyncio.wait_for(committer.drain(), 30)
         assert committer.backlog_rows == 0
-        assert len((await fresh_load(storage_url)).maps["m"].lww) == 1000
+        assert len((await reload(storage_url)).maps["m"].lww) == 1000
         await committer.drain()  # nothing pending: returns at once
         assert committer.sync_point().done()
     finally:
@@ -213,7 +204,7 @@ async def test_close_flushes_and_refuses_new_changes(storage_url: str) -> None:
     assert all(f.done() and f.exception() is None for f in futs)
     with pytest.raises(StorageError):
         committer.submit(lambda b: b.set_fencing("late", 1))
-    assert (await fresh_load(storage_url)).fencing == {f"l{i}": i for i in range(10)}
+    assert (await reload(storage_url)).fencing == {f"l{i}": i for i in range(10)}
     await store.close()
 
 
@@ -255,7 +246,7 @@ async def test_failed_commit_fails_futures_and_keeps_changes_for_retry(storage_u
         await asyncio.wait_for(later, 10)
         await asyncio.wait_for(committer.drain(), 10)
         assert committer.backlog_rows == 0 and committer.last_error is None
-        assert (await fresh_load(storage_url)).maps["m"].lww == {"k": rec("kept"), "k2": rec("later")}
+        assert (await reload(storage_url)).maps["m"].lww == {"k": rec("kept"), "k2": rec("later")}
     finally:
         await committer.close()
         await store.close()

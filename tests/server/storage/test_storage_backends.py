@@ -11,12 +11,12 @@ from typing import Any
 import msgpack
 import pytest
 
+from support.stores import reload
 from topgun.core.records import LWWRecord, ORMapRecord, Timestamp
 from topgun.errors import StorageError
 from topgun.server.storage import (
     SCHEMA_VERSION,
     MapKind,
-    Snapshot,
     Storage,
     StorageKind,
     WriteBatch,
@@ -36,15 +36,6 @@ async def opened(url: str) -> Storage:
     s = open_storage(url)
     await s.open()
     return s
-
-
-async def reload(url: str) -> Snapshot:
-    """Open the store anew (a restart), load everything, close."""
-    s = await opened(url)
-    try:
-        return await s.load()
-    finally:
-        await s.close()
 
 
 async def write_once(url: str, fill: Any) -> None:

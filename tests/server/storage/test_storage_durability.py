@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from topgun.server.storage import open_storage
+from support.stores import reload
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
 
@@ -55,12 +55,7 @@ async def run_and_kill(url: str) -> list[tuple[int, int]]:
 
 
 async def check_all_present(url: str, printed: list[tuple[int, int]]) -> None:
-    store = open_storage(url)
-    await store.open()
-    try:
-        snap = await store.load()
-    finally:
-        await store.close()
+    snap = await reload(url)
     lww = snap.maps["lww"].lww
     ors = snap.maps["or"].or_records
     missing = [(p, i, j) for p, i in printed for j in range(ROWS_PER_SET) if f"p{p}-i{i}-j{j}" not in lww]

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from support.stores import reload
 from topgun.core.records import LWWRecord, ORMapRecord, Timestamp
 from topgun.server.storage import Snapshot, WriteBatch, open_storage
 
@@ -105,12 +106,7 @@ async def apply_in_chunks(url: str, ops: list[tuple[Any, ...]], cuts: list[int])
             await s.write(b)
     finally:
         await s.close()
-    s = open_storage(url)
-    await s.open()
-    try:
-        return await s.load()
-    finally:
-        await s.close()
+    return await reload(url)
 
 
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
