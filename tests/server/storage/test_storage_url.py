@@ -42,6 +42,9 @@ async def test_named_memory_store_is_shared_and_private_one_is_not() -> None:
     await p1.write(b)
     p2 = await connect_storage("memory://")
     assert (await p2.load()).maps == {}
+    # Nobody can ever load a private store, so it keeps no second copy of the grid's rows.
+    assert (await p1.load()).maps == {}
+    assert (await again.load()).maps["m"].lww["k"].value == 1
 
 
 def test_sqlite_relative_and_absolute_paths() -> None:

@@ -4,7 +4,12 @@ Rows are kept exactly as the SQL backends keep them (encoded value bytes plus
 timestamp columns), so a test that passes on memory exercises the same
 encode/decode path. Instances opened with the same non-empty name
 (``memory://name``) share one store for the life of the process, which lets a
-test "restart" a server without a database; ``memory://`` is private.
+test "restart" a server without a database.
+
+``memory://`` is private, and a private store keeps no rows at all: no later
+opener can ever load it, and the server's grid already holds every record in
+memory, so a second copy would only double the process's memory. Its
+``write()`` accepts and discards batches and its ``load()`` is always empty.
 """
 
 from __future__ import annotations
@@ -98,6 +103,8 @@ class MemoryStorage:
 
     async def write(self, batch: WriteBatch) -> None:
         s = self._require()
+        if not self.name:
+            return
         # Nothing below can fail half way (plain dict operations on validated rows),
         # so the batch is applied atomically from the event loop's point of view.
         for lk, lrow in batch.lww.items():
