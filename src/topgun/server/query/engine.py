@@ -323,6 +323,21 @@ def _exact_range(leaves: list[dict[str, Any]], field: str, cls: int) -> bool:
     return bool(leaves)
 
 
+def _settle(sub: Window, matched: list[tuple[Any, ...]]) -> None:
+    """Make the ``sub.keep`` smallest sort keys of ``matched`` the window's rows; when more
+    matched, the next smallest becomes the horizon and the window is incomplete."""
+    if len(matched) > sub.keep:
+        keep = heapq.nsmallest(sub.keep + 1, matched)
+        sub.horizon = keep.pop()
+        sub.complete = False
+    else:
+        keep = sorted(matched)
+        sub.horizon = None
+        sub.complete = True
+    sub.rows = keep
+    sub.pos = {sk[-1]: sk for sk in keep}
+
+
 class QueryEngine:
     """Secondary indexes + subscription registry + windows. Pure, synchronous, single-threaded.
 
@@ -612,18 +627,8 @@ class QueryEngine:
             matched.append(sk)
             if values is not None:
                 values[k] = v
-        total = len(matched)
-        if total > sub.keep:
-            keep = heapq.nsmallest(sub.keep + 1, matched)
-            sub.horizon = keep.pop()
-            sub.complete = False
-        else:
-            keep = sorted(matched)
-            sub.horizon = None
-            sub.complete = True
-        sub.rows = keep
-        sub.pos = {sk[-1]: sk for sk in keep}
-        return total
+        _settle(sub, matched)
+        return len(matched)
 
     def _fill_ordered(self, sub: Window, view: Any, values: dict[str, Any] | None) -> int | None:
         """Fill the window by walking the sorted index of the first sort field in query order and
@@ -674,23 +679,8 @@ class QueryEngine:
                 last_rk = rk
         if not stopped and n_nil > 0:
             return None  # the nil rows (last in ascending order) may be needed
-        if stopped:
-            keep = heapq.nsmallest(need, pool)
-            sub.horizon = keep.pop()
-            sub.complete = False
-            sub.rows = keep
-            sub.pos = {sk[-1]: sk for sk in keep}
-            return len(pool)
-        if len(pool) > sub.keep:
-            keep = heapq.nsmallest(need, pool)
-            sub.horizon = keep.pop()
-            sub.complete = False
-        else:
-            keep = sorted(pool)
-            sub.horizon = None
-            sub.complete = True
-        sub.rows = keep
-        sub.pos = {sk[-1]: sk for sk in keep}
+        # A stopped walk took at least ``need`` rows, so the window is never complete then.
+        _settle(sub, pool)
         return len(pool)
 
     def _aggregate(self, sub: Window, rows: list[tuple[str, Any]], status: CursorStatus) -> Snapshot:
