@@ -18,10 +18,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from topgun.client._per_client import PerClient
 from topgun.core.counter import Number, PNCounter
 from topgun.errors import ConfigError, ProtocolError
 from topgun.protocol.messages import (
@@ -245,12 +245,5 @@ class CounterManager:
         task.add_done_callback(self._tasks.discard)
 
 
-_managers: weakref.WeakKeyDictionary[TopGunClient, CounterManager] = weakref.WeakKeyDictionary()
-
-
-def counters_of(client: TopGunClient) -> CounterManager:
-    """The counter manager of ``client`` (created on first use)."""
-    m = _managers.get(client)
-    if m is None:
-        m = _managers[client] = CounterManager(client)
-    return m
+#: The counter manager of a client (created on first use).
+counters_of: PerClient[CounterManager] = PerClient(CounterManager)

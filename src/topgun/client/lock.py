@@ -27,6 +27,7 @@ import weakref
 from types import EllipsisType, TracebackType
 from typing import TYPE_CHECKING, Union
 
+from topgun.client._per_client import PerClient
 from topgun.client.state import ConnectionState
 from topgun.client.topic import check_name
 from topgun.errors import ConfigError, LockTimeout, NotConnectedError
@@ -311,13 +312,6 @@ def _retrieve(fut: asyncio.Future[_Reply]) -> None:
         fut.exception()
 
 
-_managers: weakref.WeakKeyDictionary[TopGunClient, LockManager] = weakref.WeakKeyDictionary()
-
-
-def locks_of(client: TopGunClient) -> LockManager:
-    """The lock manager of ``client`` (created on first use)."""
-    m = _managers.get(client)
-    if m is None:
-        m = _managers[client] = LockManager(client)
-    return m
+#: The lock manager of a client (created on first use).
+locks_of: PerClient[LockManager] = PerClient(LockManager)
 

@@ -26,11 +26,11 @@ import contextlib
 import heapq
 import logging
 import uuid
-import weakref
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from topgun.client._per_client import PerClient
 from topgun.core.predicates import (
     compile_filter,
     make_sort_key,
@@ -347,12 +347,5 @@ class QueryManager:
         return len(self._queries)
 
 
-_managers: weakref.WeakKeyDictionary[TopGunClient, QueryManager] = weakref.WeakKeyDictionary()
-
-
-def queries_of(client: TopGunClient) -> QueryManager:
-    """The query manager of ``client`` (created on first use)."""
-    m = _managers.get(client)
-    if m is None:
-        m = _managers[client] = QueryManager(client)
-    return m
+#: The query manager of a client (created on first use).
+queries_of: PerClient[QueryManager] = PerClient(QueryManager)

@@ -19,12 +19,12 @@ import contextlib
 import inspect
 import logging
 import re
-import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from topgun.client._per_client import PerClient
 from topgun.errors import ConfigError, NotConnectedError
 from topgun.protocol.messages import Message, MessageType, TopicMessage, TopicPub, TopicSub, TopicUnsub
 
@@ -210,12 +210,5 @@ class TopicManager:
             log.error("topic subscriber coroutine failed", exc_info=task.exception())
 
 
-_managers: weakref.WeakKeyDictionary[TopGunClient, TopicManager] = weakref.WeakKeyDictionary()
-
-
-def topics_of(client: TopGunClient) -> TopicManager:
-    """The topic manager of ``client`` (created on first use)."""
-    m = _managers.get(client)
-    if m is None:
-        m = _managers[client] = TopicManager(client)
-    return m
+#: The topic manager of a client (created on first use).
+topics_of: PerClient[TopicManager] = PerClient(TopicManager)
