@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from topgun.client.engine import SyncEngine
+from topgun.core.hashing import route
 from topgun.core.hlc import HLC
 from topgun.core.lww import LWWMap
 from topgun.core.ormap import ORMap
@@ -85,7 +86,7 @@ class Peer:
                 return [ORMapSyncRespBuckets(map_name=msg.map_name, path=msg.path,
                                              buckets=m.merkle.buckets(msg.path))]
             keys = set(m.merkle.keys_under(msg.path))
-            keys |= {k for k in m.tombstone_keys() if _route3(k) == msg.path}
+            keys |= {k for k in m.tombstone_keys() if route(k)[:3] == msg.path}
             return [ORMapSyncRespLeaf(map_name=msg.map_name, path=msg.path, entries=[
                 ORMapEntry(key=k, records=m.get_records(k), tombstones=m.tombstones_for(k))
                 for k in sorted(keys)])]
@@ -95,12 +96,6 @@ class Peer:
                 m.merge_key(e.key, e.records, e.tombstones)
             return []
         return []
-
-
-def _route3(key: str) -> str:
-    from topgun.core.hashing import route
-
-    return str(route(key))[:3]
 
 
 def converse(engine: SyncEngine, peer: Peer, first: list[Any], limit: int = 100_000) -> int:

@@ -28,7 +28,7 @@ from topgun.client.state import ChangeOrigin
 from topgun.client.storage import MemoryStorage, SQLiteStorage
 from topgun.client.store import LocalStore
 from topgun.core.counter import PNCounter
-from topgun.core.hashing import lww_item_hash
+from topgun.core.hashing import lww_item_hash, route
 from topgun.core.hlc import HLC
 from topgun.core.merkle import MerkleTree
 from topgun.core.ormap import ORMap
@@ -271,7 +271,7 @@ def test_sync_leaf_adopts_restamped_records_and_persists(store, storage_factory,
     assert store.pending_count == 0
     # The walk went down to every leaf that has records (roots never match, item 37).
     leaves = [m.path for m in ref.sent(MerkleReqBucket) if len(m.path) == 3]
-    assert sorted(leaves) == sorted({p for p in (str(_route(k))[:3] for k in server)})
+    assert sorted(leaves) == sorted({p for p in (route(k)[:3] for k in server)})
     assert len(leaves) == len(set(leaves))
     again = reopen(store, storage_factory, client_wall)
     assert dict(again.lww("m").records()) == server
@@ -586,12 +586,6 @@ def test_counter_state_is_sent_with_both_spellings() -> None:
     state = raw["payload"]["state"]
     assert state["p"] == state["positive"] == {"client-a": 5}
     assert state["n"] == state["negative"] == {"client-a": 2}
-
-
-def _route(key: str) -> str:
-    from topgun.core.hashing import route
-
-    return str(route(key))
 
 
 # -- convergence over random scripts -----------------------------------------------------------
