@@ -168,6 +168,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if level > logging.DEBUG:
+        # picows logs every accepted and closed connection at INFO; at 10,000 connections that
+        # drowns the server's own log, so it speaks only about problems unless debugging.
+        logging.getLogger("picows").setLevel(logging.WARNING)
     config.check_secure_default()
     tune_gc()
     _run(lambda: serve(config, freeze_gc=True), config.uvloop)
