@@ -69,10 +69,16 @@ class MapKind(str, enum.Enum):
     OR = "or"
 
 
+# One packer for every call: ``msgpack.packb`` builds a new ``Packer`` per value, which cost more
+# than packing a small value. Safe to share: values are encoded on the event loop thread only, the
+# packer resets its buffer when packing fails, and it runs no Python code for the built-in types.
+_pack = msgpack.Packer(use_bin_type=True).pack
+
+
 def encode_value(value: Any) -> bytes:
     """Encode one user value as MsgPack bytes (``bin`` kept distinct from ``str``)."""
     try:
-        return msgpack.packb(value, use_bin_type=True)
+        return _pack(value)
     except (TypeError, ValueError, OverflowError) as exc:
         raise StorageError(f"value cannot be encoded as MsgPack: {exc}") from exc
 
@@ -173,14 +179,24 @@ class WriteBatch:
         """Store ``record`` (a tombstone when ``record.value is None``) as the row of ``(map, key)``."""
         if "\x00" in map_name or "\x00" in key:
             raise _nul_error("map name or key")
-        millis, counter, node = _ts_row(record.timestamp)
-        value = record.value
+        value, ts, ttl = record
+        millis, counter, node = ts
+        # _ts_row and _ttl inlined: this runs once per written op.
+        if (
+            type(millis) is not int
+            or type(counter) is not int
+            or not (0 <= millis <= _INT64_MAX and 0 <= counter <= _INT64_MAX)
+            or "\x00" in node
+            or (ttl is not None and (type(ttl) is not int or not _INT64_MIN <= ttl <= _INT64_MAX))
+        ):
+            millis, counter, node = _ts_row(ts)
+            ttl = _ttl(ttl)
         self.lww[(map_name, key)] = (
             None if value is None else encode_value(value),
             millis,
             counter,
             node,
-            _ttl(record.ttl_ms),
+            ttl,
         )
         self.recorded += 1
 
