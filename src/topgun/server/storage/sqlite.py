@@ -281,12 +281,15 @@ class SqliteStorage:
         db = self._db()
         db.execute("BEGIN IMMEDIATE")
         try:
-            if batch.lww:
-                ups, dels = batch.lww_split()
-                if ups:
-                    db.executemany(_UPSERT_LWW, [(m, k, *row) for m, k, row in ups])
-                if dels:
-                    db.executemany(_DELETE_LWW, dels)
+            lww = batch.lww
+            if lww:
+                # One pass straight into parameter tuples (no intermediate split lists): this
+                # thread holds the GIL while it builds them, which the event loop waits for.
+                params = [(*mk, *row) for mk, row in lww.items() if row is not None]
+                if params:
+                    db.executemany(_UPSERT_LWW, params)
+                if len(params) != len(lww):
+                    db.executemany(_DELETE_LWW, [mk for mk, row in lww.items() if row is None])
             if batch.or_records:
                 oups, odels = batch.or_split()
                 if oups:
