@@ -149,10 +149,12 @@ class CommitStats:
 
 
 class _Pending:
-    __slots__ = ("batch", "future")
+    __slots__ = ("batch", "future", "rows")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.batch = WriteBatch()
+        #: len(batch) when it was sealed (what it added to the committer's sealed row count)
+        self.rows = 0
         self.future: asyncio.Future[None] = _new_future(loop)
 
 
@@ -202,6 +204,8 @@ class GroupCommitter:
         self._loop = asyncio.get_running_loop()
         self._open = _Pending(self._loop)
         self._sealed: deque[_Pending] = deque()
+        # Rows of the sealed batches, kept up to date so backlog_rows (asked per message) is O(1).
+        self._sealed_rows = 0
         self._inflight: _Pending | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -222,12 +226,12 @@ class GroupCommitter:
         if self._closed:
             raise StorageError("the group committer is closed")
         p = self._open
-        if not p.batch:
+        rows = len(p.batch)
+        if not rows:
             # Nothing to write: an empty batch would never be flushed, so its future would hang.
             return self.sync_point()
-        if len(p.batch) >= self.max_batch_ops:
-            self._sealed.append(p)
-            self._open = _Pending(self._loop)
+        if rows >= self.max_batch_ops:
+            self._seal()
         self._kick()
         return p.future
 
@@ -260,7 +264,16 @@ class GroupCommitter:
     def backlog_rows(self) -> int:
         """Rows recorded but not yet committed (open, sealed and in-flight batches)."""
         # The in-flight batch stays at the head of the sealed queue until it commits.
-        return len(self._open.batch) + sum(len(p.batch) for p in self._sealed)
+        return len(self._open.batch) + self._sealed_rows
+
+    def _seal(self) -> None:
+        # Sealed batches get no more changes (recording goes to the open batch), so their
+        # row count can be added up once here.
+        p = self._open
+        self._sealed.append(p)
+        p.rows = len(p.batch)
+        self._sealed_rows += p.rows
+        self._open = _Pending(self._loop)
 
     @property
     def last_error(self) -> StorageError | None:
@@ -339,8 +352,7 @@ class GroupCommitter:
                 if self.max_delay_s and not self._closing:
                     await asyncio.sleep(self.max_delay_s)
                 # Seal whatever accumulated; changes recorded from now on go to the next transaction.
-                self._sealed.append(self._open)
-                self._open = _Pending(self._loop)
+                self._seal()
             p = self._sealed[0]
             self._inflight = p
             t0 = time.perf_counter()
@@ -368,6 +380,7 @@ class GroupCommitter:
             elapsed = time.perf_counter() - t0
             self._inflight = None
             self._sealed.popleft()
+            self._sealed_rows -= p.rows
             backoff = self.retry_min_s
             self._last_error = None
             st = self.stats
