@@ -16,6 +16,7 @@ connection's later messages.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections import deque
 from collections.abc import Awaitable
@@ -36,7 +37,7 @@ from topgun.protocol.messages import (
     ServerEventType,
     WriteConcern,
 )
-from topgun.server.grid import Change, ChangeKind, Origin, Outcome, OutcomeStatus
+from topgun.server.grid import Change, ChangeKind, ChangeSource, Origin, Outcome, OutcomeStatus
 from topgun.server.interfaces import RequestContext
 
 if TYPE_CHECKING:
@@ -54,9 +55,16 @@ _KIND = {
     OpType.OR_REMOVE: ChangeKind.OR_REMOVE,
 }
 _REJECTED = OutcomeStatus.REJECTED
+_CLIENT = ChangeSource.CLIENT
 _PUT = ChangeKind.PUT
 _REMOVE = ChangeKind.REMOVE
 _OR_ADD = ChangeKind.OR_ADD
+# Per-op objects built without their Python-level constructors (same fields, in declaration order,
+# checked in grid.py for Change): each constructor call cost as much as the rest of the op's loop step.
+_tuple_new = tuple.__new__
+_object_new = object.__new__
+_object_setattr = object.__setattr__
+assert tuple(f.name for f in dataclasses.fields(OpResult)) == ("op_id", "success", "achieved_level", "error")
 _RETRY_MIN_S = 0.05
 _RETRY_MAX_S = 2.0
 #: Uncommitted rows above which a writing connection waits for the backlog to commit before its
@@ -201,14 +209,14 @@ class WriteHandler:
                 if record is None:
                     # REMOVE without a record: op-level timestamp, else the server clock (§5.6 step 1).
                     record = LWWRecord(None, op.timestamp if op.timestamp is not None else hlc.now())
-                changes.append(Change(name, op.key, kind, record=record))
+                changes.append(_tuple_new(Change, (name, op.key, kind, record, None, None, None, True, None)))
             elif kind is _OR_ADD:
                 changes.append(Change(name, op.key, kind, or_record=op.or_record))
             else:
                 changes.append(Change(name, op.key, kind, or_tag=op.or_tag, timestamp=op.timestamp))
             positions.append(i)
         if changes:
-            result = grid.apply(changes, Origin.client(ctx.connection_id))
+            result = grid.apply(changes, Origin(_CLIENT, ctx.connection_id))
             for pos, outcome in zip(positions, result.outcomes, strict=True):
                 outcomes[pos] = outcome
         self._reply(ctx, ops, outcomes, requested)
@@ -270,7 +278,14 @@ class WriteHandler:
                 results.append(OpResult(op_id=op_id, success=False,
                                         achieved_level=WriteConcern.FIRE_AND_FORGET, error=outcome.reason))
             else:
-                results.append(OpResult(op_id=op_id, success=True, achieved_level=achieved))
+                # OpResult(op_id=op_id, success=True, achieved_level=achieved), minus the frozen
+                # dataclass __init__.
+                res = _object_new(OpResult)
+                _object_setattr(res, "op_id", op_id)
+                _object_setattr(res, "success", True)
+                _object_setattr(res, "achieved_level", achieved)
+                _object_setattr(res, "error", None)
+                results.append(res)
         ack = OpAck(last_id=last_id, achieved_level=achieved, results=results)
         queue: AckQueue | None = ctx.data.get(_ACKS_KEY)
         if queue is None:
