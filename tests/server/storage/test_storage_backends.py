@@ -577,3 +577,23 @@ async def test_postgres_least_privilege_role_in_its_own_schema(pg_schema: str) -
         await admin.execute(f'DROP SCHEMA IF EXISTS "{pg_schema}" CASCADE')
         await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
         await admin.close()
+
+
+@pytest.mark.parametrize("rows", [127, 128, 129, 257])
+async def test_sqlite_multi_row_upsert_chunk_boundaries(tmp_path: Path, rows: int) -> None:
+    # The SQLite backend upserts LWW rows 128 to a statement; every row must land, on insert and
+    # on update, whatever the remainder, next to deletes of the same batch.
+    url = f"sqlite:///{tmp_path / 'chunks.db'}"
+    await write_once(url, lambda b: [b.lww_put("m", f"k{i}", LWWRecord(i, T1)) for i in range(rows + 5)])
+
+    def second(b: WriteBatch) -> None:
+        for i in range(rows):
+            b.lww_put("m", f"k{i}", LWWRecord(None if i % 3 == 0 else f"v{i}", T3, 9 if i % 2 else None))
+        for i in range(rows, rows + 5):
+            b.lww_delete("m", f"k{i}")
+
+    await write_once(url, second)
+    lww = (await reload(url)).maps["m"].lww
+    assert lww == {
+        f"k{i}": LWWRecord(None if i % 3 == 0 else f"v{i}", T3, 9 if i % 2 else None) for i in range(rows)
+    }

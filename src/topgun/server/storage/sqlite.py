@@ -26,7 +26,8 @@ import enum
 import logging
 import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from itertools import chain
 from typing import TypeVar
 
 from topgun.errors import ConfigError, StorageError
@@ -71,12 +72,44 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
 ]
 assert MIGRATIONS[-1][0] == SCHEMA_VERSION
 
-_UPSERT_LWW = (
-    "INSERT INTO lww_records (map, key, value, millis, counter, node_id, ttl_ms)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (map, key) DO UPDATE SET value = excluded.value,"
-    " millis = excluded.millis, counter = excluded.counter, node_id = excluded.node_id,"
-    " ttl_ms = excluded.ttl_ms"
-)
+
+
+def _upsert_lww_sql(rows: int) -> str:
+    """The LWW upsert of ``rows`` rows in one statement (7 parameters per row)."""
+    return (
+        "INSERT INTO lww_records (map, key, value, millis, counter, node_id, ttl_ms) VALUES "
+        + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * rows)
+        + " ON CONFLICT (map, key) DO UPDATE SET value = excluded.value,"
+        " millis = excluded.millis, counter = excluded.counter, node_id = excluded.node_id,"
+        " ttl_ms = excluded.ttl_ms"
+    )
+
+
+_UPSERT_LWW = _upsert_lww_sql(1)
+#: Rows per multi-row LWW upsert: 128 x 7 parameters stays under 999, the lowest
+#: SQLITE_MAX_VARIABLE_NUMBER any SQLite build has had.
+_LWW_CHUNK = 128
+_UPSERT_LWW_CHUNK = _upsert_lww_sql(_LWW_CHUNK)
+
+
+def _upsert_lww(db: sqlite3.Connection, params: Sequence[tuple[object, ...]]) -> None:
+    # Multi-row statements instead of executemany: executemany releases the GIL around every
+    # row's sqlite3_step and must win it back for the next row, while under load the event loop
+    # thread holds it most of the time. The batch's rows have distinct (map, key), so one
+    # statement never upserts the same row twice.
+    n = len(params)
+    full = n - n % _LWW_CHUNK
+    for start in range(0, full, _LWW_CHUNK):
+        db.execute(_UPSERT_LWW_CHUNK, list(chain.from_iterable(params[start : start + _LWW_CHUNK])))
+    if full == n:
+        return
+    rest = params[full:]
+    if len(rest) == 1:
+        db.execute(_UPSERT_LWW, rest[0])
+    else:
+        db.execute(_upsert_lww_sql(len(rest)), list(chain.from_iterable(rest)))
+
+
 _DELETE_LWW = "DELETE FROM lww_records WHERE map = ? AND key = ?"
 _UPSERT_OR = (
     "INSERT INTO or_records (map, key, tag, value, millis, counter, node_id, ttl_ms)"
@@ -287,7 +320,7 @@ class SqliteStorage:
                 # thread holds the GIL while it builds them, which the event loop waits for.
                 params = [(*mk, *row) for mk, row in lww.items() if row is not None]
                 if params:
-                    db.executemany(_UPSERT_LWW, params)
+                    _upsert_lww(db, params)
                 if len(params) != len(lww):
                     db.executemany(_DELETE_LWW, [mk for mk, row in lww.items() if row is None])
             if batch.or_records:
