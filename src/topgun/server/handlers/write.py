@@ -231,7 +231,8 @@ class WriteHandler:
         core = self.core
         metrics = core.metrics
         accepted = 0
-        counts: dict[str, int] = {}
+        # Keyed by the enum member: ``.value`` is a descriptor call, made once per type below.
+        counts: dict[OpType, int] = {}
         for op, outcome in zip(ops, outcomes, strict=True):
             assert outcome is not None
             if outcome.status is _REJECTED:
@@ -240,7 +241,7 @@ class WriteHandler:
                 continue
             accepted += 1
             assert isinstance(op, ClientOp)
-            t = op.op_type.value
+            t = op.op_type
             counts[t] = counts.get(t, 0) + 1
             winner = outcome.winner
             if winner is not None:
@@ -254,7 +255,7 @@ class WriteHandler:
                     )
                 )
         for t, c in counts.items():
-            metrics.ops.inc(t, amount=c)
+            metrics.ops.inc(t.value, amount=c)
         level = requested if requested is not None else core.default_concern
         future: asyncio.Future[None] | None = None
         if accepted == 0:
