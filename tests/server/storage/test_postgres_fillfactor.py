@@ -34,7 +34,7 @@ async def test_record_tables_get_fillfactor_also_on_existing_databases(pg_url: s
     await s.close()
     conn = await asyncpg.connect(PG_URL)
     try:
-        assert await _fillfactors(conn, pg_schema) == {t: ["fillfactor=70"] for t in RECORD_TABLES}
+        assert await _fillfactors(conn, pg_schema) == {t: ["fillfactor=50"] for t in RECORD_TABLES}
         # A database created before the setting existed: the next open applies it.
         for t in RECORD_TABLES:
             await conn.execute(f'ALTER TABLE "{pg_schema}".{t} RESET (fillfactor)')
@@ -42,7 +42,7 @@ async def test_record_tables_get_fillfactor_also_on_existing_databases(pg_url: s
         s = open_storage(pg_url)
         await s.open()
         await s.close()
-        assert await _fillfactors(conn, pg_schema) == {t: ["fillfactor=70"] for t in RECORD_TABLES}
+        assert await _fillfactors(conn, pg_schema) == {t: ["fillfactor=50"] for t in RECORD_TABLES}
     finally:
         await conn.close()
 
