@@ -491,3 +491,18 @@ def test_sorted_index_walk_for_top_n_matches_oracle(direction: str, with_nil: bo
             val = {"t": rng.choice(["x", "y"]), "p": rng.choice([*pool, rng.randrange(200), -5, 500])}
             apply_events(view, w.put("m", k, val))
         assert view == dict(oracle_rows(data, q)[:7]), step
+
+
+def test_watches_only_maps_with_subscriptions_or_record_indexes() -> None:
+    w = World(auto_index=False)
+    w.put("todos", "a", {"prio": 1})
+    w.put("logs", "x", {"level": "info"})
+    assert not w.engine.watches("todos") and not w.engine.watches("logs")
+    c = Conn(1)
+    w.engine.subscribe(c, "q", "todos", {"predicate": P.gt("prio", 0)}, conn_id=1)
+    assert w.engine.watches("todos")
+    assert not w.engine.watches("logs")
+    assert w.engine.unsubscribe(1, "q")
+    assert not w.engine.watches("todos")
+    w.engine.ensure_index("logs", "level")
+    assert w.engine.watches("logs")

@@ -133,9 +133,17 @@ class QueryService:
         engine = self.engine
         writer = origin.connection_id
         now = 0
+        # Most writes go to maps nobody queries; skip them without touching the engine.
+        watched: dict[str, bool] = {}
         for ch in changes:
             kind = ch.kind
             if kind is not ChangeKind.PUT and kind is not ChangeKind.REMOVE:
+                continue
+            name = ch.map_name
+            w = watched.get(name)
+            if w is None:
+                w = watched[name] = engine.watches(name)
+            if not w:
                 continue
             rec, prev = ch.record, ch.previous
             if (rec is not None and rec.ttl_ms is not None) or (prev is not None and prev.ttl_ms is not None):

@@ -737,6 +737,10 @@ class QueryEngine:
             return {}
         return ms.match(old_value, new_value)
 
+    def watches(self, map_name: str) -> bool:
+        """True when a change to ``map_name`` can matter here: it has subscriptions or record indexes."""
+        return map_name in self._by_map or bool(self._hash.get(map_name)) or bool(self._sorted.get(map_name))
+
     def on_change(
         self, map_name: str, key: str, old_value: Any, new_value: Any, origin: int | None = None
     ) -> list[tuple[Any, QueryUpdate]]:
