@@ -1514,31 +1514,37 @@ cdef bint _or_ok(object r):
     return ttl is None or PyLong_CheckExact(ttl)
 
 
-cdef int _put_lww(Buf* b, object r) except -1:
-    cdef object ttl = <object>PyTuple_GET_ITEM(r, 2)
-    _put1(b, 0x82 if ttl is None else 0x83)
+cdef inline int _put_value_ts(Buf* b, object r) except -1:
+    # value and timestamp lead both record shapes (LWWRecord and ORMapRecord)
     _put(b, b"\xa5value", 6)
     _put_value(b, <object>PyTuple_GET_ITEM(r, 0), 2)
     _put(b, b"\xa9timestamp", 10)
     _put_ts(b, <object>PyTuple_GET_ITEM(r, 1))
+    return 0
+
+
+cdef inline int _put_ttl(Buf* b, object ttl) except -1:
     if ttl is not None:
         _put(b, b"\xa5ttlMs", 6)
         _put_int(b, ttl)
     return 0
 
 
+cdef int _put_lww(Buf* b, object r) except -1:
+    cdef object ttl = <object>PyTuple_GET_ITEM(r, 2)
+    _put1(b, 0x82 if ttl is None else 0x83)
+    _put_value_ts(b, r)
+    _put_ttl(b, ttl)
+    return 0
+
+
 cdef int _put_or(Buf* b, object r) except -1:
     cdef object ttl = <object>PyTuple_GET_ITEM(r, 3)
     _put1(b, 0x83 if ttl is None else 0x84)
-    _put(b, b"\xa5value", 6)
-    _put_value(b, <object>PyTuple_GET_ITEM(r, 0), 2)
-    _put(b, b"\xa9timestamp", 10)
-    _put_ts(b, <object>PyTuple_GET_ITEM(r, 1))
+    _put_value_ts(b, r)
     _put(b, b"\xa3tag", 4)
     _put_str(b, <object>PyTuple_GET_ITEM(r, 2))
-    if ttl is not None:
-        _put(b, b"\xa5ttlMs", 6)
-        _put_int(b, ttl)
+    _put_ttl(b, ttl)
     return 0
 
 
