@@ -356,3 +356,61 @@ async def test_value_ref_auth_claims_and_role_acl() -> None:
         await bob.send(sub_msg("hr", "hr-salaries", {}))
         resp = (await recv_type(bob, "QUERY_RESP"))["payload"]
         assert "code" not in resp and resp["results"] == []
+
+
+QIDS = ["", "q", "x" * 31, "x" * 32, "\u00e9" * 200, "y" * 300, "z" * 70_000, "\U0001f600 q"]
+EVENTS = [
+    ("k", {"t": 2**63 + 1, "s": "v", "n": None, "f": 1.5, "l": [1, -2, {"a": b"\x00"}]}, "UPDATE"),
+    ("", None, "LEAVE"),
+    ("key\u00e9" * 20, "x" * 70_000, "ENTER"),
+    ("k2", {"big": list(range(40))}, "ENTER"),
+]
+
+
+def test_update_frames_are_the_codec_encoding(twin: Any) -> None:
+    """Spliced QUERY_UPDATE frames (shared tail, per-subscription head) equal the codec's own
+    encoding of the message, byte for byte, on both codec twins."""
+    from topgun.protocol.messages import ChangeType, QueryUpdate
+    from topgun.server.handlers.query import UpdateFrames
+
+    frames = UpdateFrames(twin.codec.encode)
+    assert frames.exact
+    for qid in QIDS:
+        head = frames.head(qid)
+        for key, value, ct in EVENTS:
+            change = ChangeType(ct)
+            msg = QueryUpdate(query_id=qid, key=key, value=value, change_type=change)
+            want = twin.codec.encode(msg)
+            assert head + frames.tail(key, value, change) == want
+            assert twin.codec.decode(want) == msg
+
+
+async def test_one_window_many_subscribers_with_their_own_ids_and_fields() -> None:
+    """Identical queries share a window and each tail is encoded once per projection; every
+    subscriber still gets its own queryId and its own projection, and the writer none."""
+    async with serving("memory://") as server:
+        w = Writer(await connect(server))
+        subs = [(await connect(server), qid, fields) for qid, fields in
+                [("a", None), ("b" * 40, ["n"]), ("c", ["n"]), ("d", ["m", "n"]), ("e", None)]]
+        for c, qid, fields in subs:
+            await c.send(sub_msg(qid, "shared", {"where": {"g": 1}}, fields=fields))
+            await recv_type(c, "QUERY_RESP")
+        await w.c.send(sub_msg("w", "shared", {"where": {"g": 1}}))
+        await recv_type(w.c, "QUERY_RESP")
+        qs = server.processors.get("QUERY_SUB")
+        assert qs is not None and getattr(qs, "engine").windows() == 1
+        await w.put("shared", "k", {"g": 1, "n": 5, "m": "x", "o": True})
+        await w.put("shared", "k", {"g": 2})
+        for c, qid, fields in subs:
+            got = [(await recv_type(c, "QUERY_UPDATE"))["payload"] for _ in range(2)]
+            value = {"g": 1, "n": 5, "m": "x", "o": True}
+            if fields is not None:
+                value = {f: value[f] for f in fields}
+            assert got == [
+                {"queryId": qid, "key": "k", "value": value, "changeType": "ENTER"},
+                {"queryId": qid, "key": "k", "value": None, "changeType": "LEAVE"},
+            ]
+        await no_updates(w.c)
+        for c, _, _ in subs:
+            await c.close()
+        await w.c.close()

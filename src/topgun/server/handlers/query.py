@@ -18,18 +18,21 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from topgun.core.predicates import InvalidPredicateError
+from topgun.core.predicates import InvalidPredicateError, project
 from topgun.errors import ConfigError
+from topgun.protocol import codec as default_codec
 from topgun.protocol.messages import (
+    ChangeType,
     MessageType,
     QueryErrorCode,
     QueryResp,
     QueryResultItem,
     QuerySub,
     QueryUnsub,
+    QueryUpdate,
 )
 from topgun.server.grid import Change, ChangeKind, Origin
 from topgun.server.interfaces import RequestContext
@@ -39,7 +42,7 @@ if TYPE_CHECKING:
     from topgun.server.app import TopGunServer
     from topgun.server.handlers import CoreServices
 
-__all__ = ["QueryService", "install_query_handlers"]
+__all__ = ["QueryService", "UpdateFrames", "install_query_handlers"]
 
 log = logging.getLogger("topgun.server.query")
 
@@ -58,6 +61,47 @@ def _wall_millis() -> int:
     return time.time_ns() // 1_000_000
 
 
+class UpdateFrames:
+    """``QUERY_UPDATE`` frames built from shared parts: ``head(queryId) + tail(key, value, type)``.
+
+    A MsgPack map is the concatenation of its entries, and ``queryId`` is the payload's first
+    entry, so a frame splits into a head that depends only on the subscription and a tail that
+    depends only on the event. Identical live queries share a window, so the tail of an event is
+    encoded once for all of its subscribers and each frame costs one concatenation instead of a
+    message object and a full encode. Both parts are cut from the codec's own output, so the
+    frames are byte for byte what ``encode(QueryUpdate(...))`` returns (tests compare them on both
+    codec twins); if the codec ever lays the message out differently, :attr:`exact` is False and
+    callers encode whole messages instead.
+    """
+
+    __slots__ = ("_encode", "_prefix", "_suffix", "exact")
+
+    def __init__(self, encode: Callable[[Any], bytes]) -> None:
+        self._encode = encode
+        blank = encode(QueryUpdate(query_id="", key="", value=None, change_type=ChangeType.UPDATE))
+        # everything before the packed queryId, and what an empty key/value/type adds after it
+        cut = blank.find(b"\xa7queryId\xa0")
+        self.exact = cut > 0
+        self._prefix = blank[: cut + 8] if self.exact else b""
+        self._suffix = blank[cut + 9 :] if self.exact else b""
+        if self.exact:
+            qid = "q\u00e9" * 40  # a str8 header and non-ASCII text
+            full = encode(QueryUpdate(query_id=qid, key="k", value={"v": [1]}, change_type=ChangeType.ENTER))
+            head = self.head(qid)
+            tail = self.tail("k", {"v": [1]}, ChangeType.ENTER)
+            self.exact = head.startswith(self._prefix) and full == head + tail
+
+    def head(self, query_id: str) -> bytes:
+        """Envelope and ``queryId`` entry of every frame of subscription ``query_id``."""
+        full = self._encode(QueryUpdate(query_id=query_id, key="", value=None, change_type=ChangeType.UPDATE))
+        return full[: len(full) - len(self._suffix)]
+
+    def tail(self, key: str, value: Any, change_type: ChangeType) -> bytes:
+        """The ``key``, ``value`` and ``changeType`` entries of one event (any subscription)."""
+        full = self._encode(QueryUpdate(query_id="", key=key, value=value, change_type=change_type))
+        return full[len(self._prefix) + 1 :]
+
+
 class QueryService:
     """Live queries of one server: the engine, the two processors and the grid listener."""
 
@@ -68,6 +112,7 @@ class QueryService:
         max_rows: int = DEFAULT_MAX_ROWS,
         declared_indexes: Mapping[str, Sequence[str]] | None = None,
         auto_index: bool = True,
+        encode: Callable[[Any], bytes] | None = None,
     ) -> None:
         self.core = core
         self.engine = QueryEngine(
@@ -75,6 +120,8 @@ class QueryService:
         )
         #: QUERY_UPDATE messages queued (for metrics and tests)
         self.updates_sent = 0
+        frames = UpdateFrames(encode if encode is not None else default_codec.encode)
+        self._frames = frames if frames.exact else None
 
     def _view(self, map_name: str) -> Any:
         grid = self.core._grid
@@ -150,9 +197,46 @@ class QueryService:
                 now = now or _wall_millis()
             new = None if rec is None or (rec.ttl_ms is not None and not rec.is_live(now)) else rec.value
             old = None if prev is None or (prev.ttl_ms is not None and not prev.is_live(now)) else prev.value
-            for ctx, update in engine.on_change(ch.map_name, ch.key, old, new, writer):
-                ctx.send(update)
-                self.updates_sent += 1
+            if self._frames is None:
+                for ctx, update in engine.on_change(name, ch.key, old, new, writer):
+                    ctx.send(update)
+                    self.updates_sent += 1
+                continue
+            for win, events in engine.window_changes(name, ch.key, old, new):
+                self._send_window(win.members.values(), events, writer)
+
+    def _send_window(
+        self, members: Any, events: list[tuple[ChangeType, str, Any]], writer: int | None
+    ) -> None:
+        """Queue the frames of one window's events to its members, each tail encoded once."""
+        frames = self._frames
+        assert frames is not None
+        tails: list[bytes] | None = None
+        projected: dict[tuple[str, ...], list[bytes]] = {}
+        sent = 0
+        for sub in members:
+            if sub.conn_id == writer:
+                continue
+            fields = sub.fields
+            if fields:
+                fkey = tuple(fields)
+                parts = projected.get(fkey)
+                if parts is None:
+                    parts = projected[fkey] = [
+                        frames.tail(k, project(v, fields) if v is not None else v, ct) for ct, k, v in events
+                    ]
+            else:
+                if tails is None:
+                    tails = [frames.tail(k, v, ct) for ct, k, v in events]
+                parts = tails
+            head = sub.wire
+            if head is None:
+                head = sub.wire = frames.head(sub.query_id)
+            send = sub.conn.send_frame
+            for tail in parts:
+                send(head + tail)
+            sent += len(parts)
+        self.updates_sent += sent
 
 
 def install_query_handlers(server: TopGunServer) -> QueryService:

@@ -183,7 +183,7 @@ class Window:
 class Subscription:
     """One live query of one connection (``window`` is ``None`` for aggregate queries)."""
 
-    __slots__ = ("conn", "conn_id", "fields", "map_name", "query_id", "spec", "window")
+    __slots__ = ("conn", "conn_id", "fields", "map_name", "query_id", "spec", "window", "wire")
 
     def __init__(
         self, conn: Any, conn_id: int, query_id: str, map_name: str, spec: QuerySpec, window: Window | None
@@ -195,6 +195,8 @@ class Subscription:
         self.spec = spec
         self.fields = spec.fields
         self.window = window
+        #: the sender's cache for this subscription (the encoded ``queryId`` head of its frames)
+        self.wire: Any = None
 
     @property
     def rows(self) -> list[tuple[Any, ...]]:
@@ -752,6 +754,29 @@ class QueryEngine:
         Updates record indexes and every affected window; returns the ``QUERY_UPDATE``s to send,
         leaving out those of subscriptions owned by connection ``origin`` (§5.7 item 4).
         """
+        out: list[tuple[Any, QueryUpdate]] = []
+        for win, events in self.window_changes(map_name, key, old_value, new_value):
+            for sub in win.members.values():
+                if sub.conn_id == origin:
+                    continue
+                fields = sub.fields
+                qid, conn = sub.query_id, sub.conn
+                for ct, k, v in events:
+                    pv = project(v, fields) if fields and v is not None else v
+                    out.append((conn, QueryUpdate(query_id=qid, key=k, value=pv, change_type=ct)))
+        return out
+
+    def window_changes(
+        self, map_name: str, key: str, old_value: Any, new_value: Any
+    ) -> list[tuple[Window, list[tuple[ChangeType, str, Any]]]]:
+        """The state-changing half of :meth:`on_change`, one entry per affected window.
+
+        Updates record indexes and windows exactly like :meth:`on_change` and returns
+        ``(window, events)`` pairs, ``events`` being ``(change type, key, unprojected value)``
+        for every member of ``window`` (the caller projects ``fields`` and leaves out the
+        writer's own subscriptions). A window with a thousand identical subscribers is one
+        entry, so the caller can encode each event once instead of once per subscriber.
+        """
         per = self._hash.get(map_name)
         if per:
             for idx in per.values():
@@ -763,19 +788,11 @@ class QueryEngine:
         ms = self._by_map.get(map_name)
         if ms is None:
             return []
-        out: list[tuple[Any, QueryUpdate]] = []
+        out: list[tuple[Window, list[tuple[ChangeType, str, Any]]]] = []
         for win, new_in in ms.match(old_value, new_value).items():
             events = self._apply(win, key, new_value, new_in)
-            if not events:
-                continue
-            for sub in win.members.values():
-                if sub.conn_id == origin:
-                    continue
-                fields = sub.fields
-                qid, conn = sub.query_id, sub.conn
-                for ct, k, v in events:
-                    pv = project(v, fields) if fields and v is not None else v
-                    out.append((conn, QueryUpdate(query_id=qid, key=k, value=pv, change_type=ct)))
+            if events:
+                out.append((win, events))
         return out
 
     def _apply_refreshing(
