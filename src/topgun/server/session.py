@@ -283,6 +283,7 @@ class Session:
         self._max_out_frames = cfg.send_queue_max_frames
         self._max_in_frames = cfg.recv_queue_max_frames
         self._max_in_bytes = cfg.recv_queue_max_bytes
+        self._send_bounded: Callable[[bytes, int, int], bool] | None = getattr(conn, "send_bounded", None)
 
     # -- RequestContext ------------------------------------------------------------------
     @property
@@ -315,6 +316,12 @@ class Session:
     def send_frame(self, data: bytes) -> None:
         """Queue one encoded frame; drop the connection if its outbound queue is over its bound."""
         if self.state is SessionState.CLOSED:
+            return
+        send_bounded = self._send_bounded
+        if send_bounded is not None:
+            # the transport's one-call send and bound check (same answer, cheaper per frame)
+            if send_bounded(data, self._max_out_bytes, self._max_out_frames):
+                self._slow_consumer()
             return
         conn = self.conn
         conn.send(data)

@@ -82,6 +82,9 @@ class _PicowsConnection(WSListener):  # type: ignore[misc]
         self._paused = False
         self._paused_frames = 0
         self._write_buffer_size: Any = None
+        # Upper bound of the transport's buffer while writing is not paused (set on connect; until
+        # then nothing is buffered).
+        self._high_water = 0
         # Fragment reassembly: None when no binary message is in progress.
         self._parts: list[bytes] | None = None
         self._parts_size = 0
@@ -108,6 +111,30 @@ class _PicowsConnection(WSListener):  # type: ignore[misc]
         self._out_bytes += len(data)
         if self._paused:
             self._paused_frames += 1
+
+    def send_bounded(self, data: bytes, max_bytes: int, max_frames: int) -> bool:
+        """:meth:`send`, then whether ``outbound_bytes() > max_bytes or outbound_frames() > max_frames``.
+
+        The same answer as asking both after the send, without doing so for every frame: while the
+        transport has not paused writing its buffer holds at most the high-water mark (it pauses
+        as soon as a write takes it past), and frames are only counted while it is paused, so in
+        the common case the corked bytes alone settle the question.
+        """
+        if self._transport is not None and not self._closed and not self._close_sent:
+            out = self._out
+            if out is None:
+                self._out = [data]
+                self._server._schedule_flush(self)
+            else:
+                out.append(data)
+            self._out_bytes += len(data)
+            if self._paused:
+                self._paused_frames += 1
+        if self._paused:
+            return self._paused_frames > max_frames or self.outbound_bytes() > max_bytes
+        if self._out_bytes + self._high_water <= max_bytes:
+            return False
+        return self.outbound_bytes() > max_bytes
 
     def _flush(self) -> None:
         out = self._out
@@ -167,6 +194,7 @@ class _PicowsConnection(WSListener):  # type: ignore[misc]
         self._transport = transport
         # Bound once: the session asks after every frame it queues.
         self._write_buffer_size = transport.underlying_transport.get_write_buffer_size
+        self._high_water = int(transport.underlying_transport.get_write_buffer_limits()[1])
         peer = transport.underlying_transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.remote = f"{peer[0]}:{peer[1]}"
