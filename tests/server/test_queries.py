@@ -398,7 +398,7 @@ async def test_one_window_many_subscribers_with_their_own_ids_and_fields() -> No
         await w.c.send(sub_msg("w", "shared", {"where": {"g": 1}}))
         await recv_type(w.c, "QUERY_RESP")
         qs = server.processors.get("QUERY_SUB")
-        assert qs is not None and getattr(qs, "engine").windows() == 1
+        assert qs is not None and qs.engine.windows() == 1
         await w.put("shared", "k", {"g": 1, "n": 5, "m": "x", "o": True})
         await w.put("shared", "k", {"g": 2})
         for c, qid, fields in subs:
