@@ -17,6 +17,7 @@ import resource
 import struct
 import sys
 import time
+from array import array
 from collections.abc import Callable
 from typing import Any
 
@@ -300,20 +301,31 @@ async def fan_out(a: dict[str, Any]) -> dict[str, Any]:
     state = {"deliveries": 0, "writes": 0, "acked": 0, "measuring": False}
     perf_ns = time.perf_counter_ns
     unpack_q = _Q.unpack_from
+    # Latencies of the measured window, folded into the histogram after it: this process shares
+    # the machine with the server, so the per-delivery work here is kept to an append.
+    lats = array("q")
+    record = lats.append
 
-    def on_push(data: bytes) -> None:
-        if marker not in data:
-            return
-        now = perf_ns()
-        i = data.find(_T_MARK)
-        while i >= 0:
-            state["deliveries"] += 1
-            if state["measuring"]:
-                hist.record(now - unpack_q(data, i + 3)[0])
-            i = data.find(_T_MARK, i + 11)
+    class Subscriber(Conn):
+        """Receives pushes in ``on_ws_frame`` itself: one Python call per frame instead of three."""
+
+        def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+            if frame.msg_type is not _BINARY:
+                return
+            data = frame.get_payload_as_bytes()
+            if marker not in data:
+                return
+            now = perf_ns()
+            i = data.find(_T_MARK)
+            while i >= 0:
+                state["deliveries"] += 1
+                if state["measuring"]:
+                    record(now - unpack_q(data, i + 3)[0])
+                i = data.find(_T_MARK, i + 11)
 
     for c in subs:
-        c.on_message = on_push
+        c.on_message = None
+        c.__class__ = Subscriber
     templates = []
     for wi, w in enumerate(writers):
         t = BatchTemplate(
@@ -366,6 +378,8 @@ async def fan_out(a: dict[str, Any]) -> dict[str, Any]:
     stop.set()
     await pacer
     _close(subs + writers)
+    for v in lats:
+        hist.record(v)
     return {
         "deliveries": n,
         "seconds": secs,
