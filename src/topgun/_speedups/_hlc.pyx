@@ -204,16 +204,19 @@ cdef class HLC:
         if rm > m:
             m = rm
         if m == lm and m == rm:
-            c = (lc if lc > rc else rc) + 1
+            c = lc if lc > rc else rc
         elif m == lm:
-            c = lc + 1
+            c = lc
         elif m == rm:
-            c = rc + 1
+            c = rc
         else:
-            c = 0
-        if c >= _MAX_COUNTER:
+            c = -1
+        # Compared before the increment: a remote counter of 2**63 - 1 must roll over, not wrap.
+        if c >= _MAX_COUNTER - 1:
             m += 1
             c = 0
+        else:
+            c += 1
         self._millis = m
         self._counter = c
         return 0

@@ -35,6 +35,10 @@ def wall_millis() -> int:
     return time.time_ns() // 1_000_000
 
 
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
+
+
 class HLC:
     """A hybrid logical clock for one node.
 
@@ -112,6 +116,9 @@ class HLC:
                 return
             rm = int(rm)
             rc = int(rc)
+        if not (_INT64_MIN <= rm <= _INT64_MAX and _INT64_MIN <= rc <= _INT64_MAX):
+            # The clock's state is two signed 64-bit integers (the compiled twin's too).
+            raise OverflowError("timestamp field does not fit in 64 bits")
         t = self._wall() if wall is None else wall
         if rm - t > self.max_drift_ms:
             if self.strict:
