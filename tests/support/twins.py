@@ -12,6 +12,7 @@ TWIN_MODULES: dict[str, tuple[str, str]] = {
     "merkle": ("topgun._speedups._merkle", "topgun.core._merkle_py"),
     "codec": ("topgun._speedups._codec", "topgun.protocol._codec_py"),
     "match": ("topgun._speedups._match", "topgun.server.query._match_py"),
+    "writepath": ("topgun._speedups._writepath", "topgun.server._writepath_py"),
 }
 
 

@@ -24,7 +24,6 @@ protocol, which :class:`Grid` implements.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import re
 import time
@@ -35,15 +34,28 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 from topgun.core.hlc import HLC, wall_millis
 from topgun.core.lww import LWWMap
 from topgun.core.ormap import ORMap
-from topgun.core.records import LWWRecord, ORMapRecord, Timestamp
-from topgun.errors import StorageError
+from topgun.core.records import ORMapRecord, Timestamp
+from topgun.server.changes import (
+    APPLIED,
+    SERVER_ORIGIN,
+    UNCHANGED,
+    Change,
+    ChangeKind,
+    ChangeSource,
+    Origin,
+    Outcome,
+    OutcomeStatus,
+    drift_outcome,
+)
 from topgun.server.persistence import GroupCommitter
 from topgun.server.storage.base import MapKind, Snapshot, Storage, StorageKind, WriteBatch
+from topgun.server.writepath import apply_lww_run
 
 __all__ = [
     "DEFAULT_MAX_DRIFT_MS",
     "DEFAULT_RETENTION_MS",
     "NODE_ID_META_KEY",
+    "SERVER_ORIGIN",
     "ApplyResult",
     "Change",
     "ChangeKind",
@@ -81,122 +93,16 @@ def make_node_id() -> str:
     return "srv-" + uuid.uuid4().hex[:12]
 
 
-# --------------------------------------------------------------------------------------------- values
-
-
-class ChangeKind(str, enum.Enum):
-    """What a change does; the values equal the protocol's ``ServerEventType``."""
-
-    PUT = "PUT"
-    REMOVE = "REMOVE"
-    OR_ADD = "OR_ADD"
-    OR_REMOVE = "OR_REMOVE"
-
-
 # Module-level aliases: enum attribute access goes through a descriptor, too slow per op.
 _PUT = ChangeKind.PUT
 _REMOVE = ChangeKind.REMOVE
 _OR_ADD = ChangeKind.OR_ADD
 _OR_REMOVE = ChangeKind.OR_REMOVE
-
-
-class ChangeSource(str, enum.Enum):
-    """Where a change came from."""
-
-    CLIENT = "client"  #: a client op (OP_BATCH / CLIENT_OP)
-    SYNC = "sync"  #: a client's sync traffic (ORMAP_PUSH_DIFF)
-    SERVER = "server"  #: the server itself (server-originated writes)
-    NODE = "node"  #: another cluster node (later)
-    STORAGE = "storage"  #: a storage change feed (later)
-
-
-class Origin(NamedTuple):
-    """Who caused a set of changes: pushes skip ``connection_id`` (the writer, §5.7)."""
-
-    source: ChangeSource
-    connection_id: int | None = None
-
-    @classmethod
-    def client(cls, connection_id: int) -> Origin:
-        return cls(ChangeSource.CLIENT, connection_id)
-
-    @classmethod
-    def sync(cls, connection_id: int) -> Origin:
-        return cls(ChangeSource.SYNC, connection_id)
-
-
-#: The origin of server-originated writes (no connection to exclude).
-SERVER_ORIGIN = Origin(ChangeSource.SERVER, None)
-
-
-class Change(NamedTuple):
-    """One change to merge (input of :meth:`Grid.apply`) or one effective change (its output).
-
-    * ``PUT``/``REMOVE``: ``record`` (a tombstone for ``REMOVE``); ``previous`` (output only) is
-      the record it replaced, if any.
-    * ``OR_ADD``: ``or_record``. ``replace`` chooses the rule for a tag already stored: ``True``
-      (ops, §5.6 step 7) stores the new record when it differs; ``False`` (sync/push-diff, §3.3
-      mergeKey) only when its timestamp is greater.
-    * ``OR_REMOVE``: ``or_tag``; ``timestamp`` is the op-level timestamp checked for drift. As an
-      effective change ``key`` is the key the removed record was under (else the op's key) and
-      ``or_record`` the record that was removed, if any.
-    """
-
-    map_name: str
-    key: str
-    kind: ChangeKind
-    record: LWWRecord | None = None
-    or_record: ORMapRecord | None = None
-    or_tag: str | None = None
-    timestamp: Timestamp | None = None
-    replace: bool = True
-    previous: LWWRecord | None = None
-
-    @classmethod
-    def put(cls, map_name: str, key: str, record: LWWRecord) -> Change:
-        kind = ChangeKind.REMOVE if record.value is None else ChangeKind.PUT
-        return cls(map_name, key, kind, record=record)
-
-    @classmethod
-    def or_add(cls, map_name: str, key: str, record: ORMapRecord, *, replace: bool = True) -> Change:
-        return cls(map_name, key, ChangeKind.OR_ADD, or_record=record, replace=replace)
-
-    @classmethod
-    def or_remove(cls, map_name: str, key: str, tag: str, timestamp: Timestamp | None = None) -> Change:
-        return cls(map_name, key, ChangeKind.OR_REMOVE, or_tag=tag, timestamp=timestamp)
-
-
-class OutcomeStatus(str, enum.Enum):
-    APPLIED = "applied"  #: the state changed
-    UNCHANGED = "unchanged"  #: accepted, but a no-op (duplicate, lost an LWW merge, tombstoned tag)
-    REJECTED = "rejected"  #: refused; ``code``/``reason`` say why
-
-
-class Outcome(NamedTuple):
-    """What happened to one input change."""
-
-    status: OutcomeStatus
-    code: int = 0
-    reason: str = ""
-    #: for an LWW change that lost to a *strictly newer* stored record: that record
-    winner: LWWRecord | None = None
-
-    @property
-    def accepted(self) -> bool:
-        return self.status is not OutcomeStatus.REJECTED
-
-
-# ``Change(...)`` runs the NamedTuple's Python-level ``__new__``; the write path builds changes
-# with ``_tuple_new(Change, (all nine fields))`` instead, which costs less than half as much.
 _tuple_new = tuple.__new__
-assert Change._fields == (
-    "map_name", "key", "kind", "record", "or_record", "or_tag", "timestamp", "replace", "previous"
-)
-
 _LWW_MAP = MapKind.LWW
 _OR_MAP = MapKind.OR
-_APPLIED = Outcome(OutcomeStatus.APPLIED)
-_UNCHANGED = Outcome(OutcomeStatus.UNCHANGED)
+_APPLIED = APPLIED
+_UNCHANGED = UNCHANGED
 
 
 class ApplyResult(NamedTuple):
@@ -455,7 +361,12 @@ class Grid:
         max_drift = self.max_drift_ms
         wall = self._wall()
         kinds = self._kinds
-        for ch in changes:
+        lwws = self._lww
+        todo = changes if type(changes) is list else list(changes)
+        n = len(todo)
+        i = 0
+        while i < n:
+            ch = todo[i]
             name = ch.map_name
             kind = ch.kind
             want = _OR_MAP if kind is _OR_ADD or kind is _OR_REMOVE else _LWW_MAP
@@ -464,13 +375,28 @@ class Grid:
                 outcomes.append(
                     Outcome(OutcomeStatus.REJECTED, 409, f"map {name!r} is an {have.value.upper()} map")
                 )
+                i += 1
                 continue
             if kind is _PUT or kind is _REMOVE:
-                outcomes.append(self._apply_lww(ch, have, wall, max_drift, batch, effective))
-            elif kind is _OR_ADD:
+                # A run of writes to one map, merged in one call. A map seen for the first time
+                # exists only once one of its writes is staged: a refused first write creates nothing.
+                found = lwws.get(name)
+                fresh = found is None
+                lww = self._new_lww() if found is None else found
+                staged = len(effective)
+                horizon = self._horizons.get(name)
+                hlc = self._hlc
+                i = apply_lww_run(lww, hlc, batch, todo, i, wall, max_drift, horizon, outcomes, effective)
+                if fresh and len(effective) > staged:
+                    kinds[name] = _LWW_MAP
+                    lwws[name] = lww
+                    batch.set_map_kind(name, _LWW_MAP)
+                continue
+            if kind is _OR_ADD:
                 outcomes.append(self._apply_or_add(ch, have, wall, max_drift, batch, effective))
             else:
                 outcomes.append(self._apply_or_remove(ch, have, wall, max_drift, batch, effective))
+            i += 1
         commit = committer.commit_future() if batch else None
         if effective:
             for listener in self._listeners:
@@ -489,51 +415,6 @@ class Grid:
             else:
                 self._or[name] = self._new_or()
 
-    def _apply_lww(
-        self,
-        ch: Change,
-        have: MapKind | None,
-        wall: int,
-        max_drift: int,
-        batch: WriteBatch,
-        effective: list[Change],
-    ) -> Outcome:
-        record = ch.record
-        if record is None:
-            return Outcome(OutcomeStatus.REJECTED, 400, "LWW change without a record")
-        ts = record.timestamp
-        if ts[0] - wall > max_drift:
-            return _drift(ts[0], wall)
-        name = ch.map_name
-        lww = self._lww.get(name)
-        current = lww.get_record(ch.key) if lww is not None else None
-        if current is None:
-            horizon = self._horizons.get(name)
-            if horizon is not None and (ts[0], ts[1], ts[2]) < (horizon[0], horizon[1], horizon[2]):
-                return Outcome(
-                    OutcomeStatus.REJECTED, 409, f"write is older than the retention horizon {horizon}"
-                )
-        if current is not None:
-            cts = current.timestamp
-            if not (ts[0], ts[1], ts[2]) > (cts[0], cts[1], cts[2]):
-                self._hlc.update(ts)  # an accepted op advances the clock even when it loses (§3.2 step 1)
-                if (cts[0], cts[1], cts[2]) > (ts[0], ts[1], ts[2]):
-                    return Outcome(OutcomeStatus.UNCHANGED, winner=current)
-                return _UNCHANGED
-        try:
-            # Stage first: a value storage cannot encode is refused before it touches memory.
-            batch.lww_put(name, ch.key, record)
-        except StorageError as exc:
-            return Outcome(OutcomeStatus.REJECTED, 400, str(exc))
-        if have is None:
-            self._ensure_kind(name, _LWW_MAP, have, batch)
-        if lww is None:
-            lww = self._lww[name]
-        lww.merge(ch.key, record)  # wins by construction; also runs hlc.update(ts)
-        kind = _REMOVE if record.value is None else _PUT
-        effective.append(_tuple_new(Change, (name, ch.key, kind, record, None, None, None, True, current)))
-        return _APPLIED
-
     def _apply_or_add(
         self,
         ch: Change,
@@ -548,7 +429,7 @@ class Grid:
             return Outcome(OutcomeStatus.REJECTED, 400, "OR_ADD without a tagged record")
         ts = record.timestamp
         if ts[0] - wall > max_drift:
-            return _drift(ts[0], wall)
+            return drift_outcome(ts[0], wall)
         name = ch.map_name
         orm = self._or.get(name)
         horizon = self._horizons.get(name)
@@ -592,7 +473,7 @@ class Grid:
             return Outcome(OutcomeStatus.REJECTED, 400, "OR_REMOVE without a tag")
         ts = ch.timestamp
         if ts is not None and ts[0] - wall > max_drift:
-            return _drift(ts[0], wall)
+            return drift_outcome(ts[0], wall)
         name = ch.map_name
         self._ensure_kind(name, MapKind.OR, have, batch)
         orm = self._or[name]
@@ -653,8 +534,3 @@ class Grid:
                      sum(pruned.values()), len(pruned), horizon)
         return GcReport(horizon, pruned, commit)
 
-
-def _drift(millis: int, wall: int) -> Outcome:
-    return Outcome(
-        OutcomeStatus.REJECTED, 422, f"timestamp {millis} is {millis - wall} ms ahead of the server clock"
-    )

@@ -116,13 +116,16 @@ class PushNotifier:
         # index list once (normally every receiver gets the same list).
         per_conn: dict[int, list[int]] = {}
         ctxs: dict[int, RequestContext] = {}
+        # Changes come in runs of one map: look its receivers up once per run.
+        last: str | None = None
+        receivers: list[tuple[int, RequestContext]] = []
         for i, change in enumerate(changes):
-            conns = interest.get(change.map_name)
-            if not conns:
-                continue
-            for cid, ctx in conns.items():
-                if cid == exclude:
-                    continue
+            name = change.map_name
+            if name != last:
+                last = name
+                conns = interest.get(name)
+                receivers = [(cid, ctx) for cid, ctx in conns.items() if cid != exclude] if conns else []
+            for cid, ctx in receivers:
                 lst = per_conn.get(cid)
                 if lst is None:
                     lst = per_conn[cid] = []

@@ -37,8 +37,18 @@ from topgun.protocol.messages import (
     ServerEventType,
     WriteConcern,
 )
-from topgun.server.grid import Change, ChangeKind, ChangeSource, Origin, Outcome, OutcomeStatus
+from topgun.server.changes import (
+    APPLIED,
+    UNCHANGED,
+    Change,
+    ChangeKind,
+    ChangeSource,
+    Origin,
+    Outcome,
+    OutcomeStatus,
+)
 from topgun.server.interfaces import RequestContext
+from topgun.server.writepath import ok_results, plain_changes
 
 if TYPE_CHECKING:
     from topgun.server.handlers import CoreServices
@@ -59,6 +69,11 @@ _CLIENT = ChangeSource.CLIENT
 _PUT = ChangeKind.PUT
 _REMOVE = ChangeKind.REMOVE
 _OR_ADD = ChangeKind.OR_ADD
+_APPLIED = APPLIED
+_UNCHANGED = UNCHANGED
+_OP_PUT = OpType.PUT
+_OP_REMOVE = OpType.REMOVE
+_WC_RANK = {wc: wc.rank for wc in WriteConcern}
 # Per-op objects built without their Python-level constructors (same fields, in declaration order,
 # checked in grid.py for Change): each constructor call cost as much as the rest of the op's loop step.
 _tuple_new = tuple.__new__
@@ -155,6 +170,25 @@ async def _wait_backlog(fut: asyncio.Future[None]) -> None:
         await asyncio.sleep(_RETRY_MIN_S)
 
 
+def _mixed_results(
+    ops: list[ClientOp | InvalidOp], outcomes: list[Outcome] | list[Outcome | None], achieved: WriteConcern
+) -> tuple[list[OpResult], str]:
+    last_id = "0"
+    results: list[OpResult] = []
+    for op, outcome in zip(ops, outcomes, strict=True):
+        op_id = op.id
+        if op_id is None:
+            continue
+        last_id = op_id
+        assert outcome is not None
+        if outcome.status is _REJECTED:
+            results.append(OpResult(op_id=op_id, success=False,
+                                    achieved_level=WriteConcern.FIRE_AND_FORGET, error=outcome.reason))
+        else:
+            results.append(OpResult(op_id=op_id, success=True, achieved_level=achieved))
+    return results, last_id
+
+
 class WriteHandler:
     """Processor of ``OP_BATCH`` and ``CLIENT_OP``."""
 
@@ -178,6 +212,24 @@ class WriteHandler:
             batch_wc = msg.write_concern
         if not ops:
             return  # §5.6: an empty batch gets no reply at all
+        plain = plain_changes(ops, batch_wc)
+        if plain is not None:
+            # Most batches are plain PUT/REMOVE ops with records: one permission check per map,
+            # no per-op bookkeeping.
+            changes, maps, requested = plain
+            core = self.core
+            if all(core.acl.can_write(ctx, name) for name in maps):
+                for name in maps:
+                    core.push.add_interest(ctx, name)
+                result = core.grid.apply(changes, Origin(_CLIENT, ctx.connection_id))
+                self._reply(ctx, ops, result.outcomes, requested)
+                return
+        self._reply(ctx, ops, *self._judge(ctx, ops, batch_wc))
+
+    def _judge(
+        self, ctx: RequestContext, ops: list[ClientOp | InvalidOp], batch_wc: WriteConcern | None
+    ) -> tuple[list[Outcome | None], WriteConcern | None]:
+        """Every op on its own: shape (400), permission (403), then the grid's checks."""
         core = self.core
         grid = core.grid
         acl = core.acl
@@ -219,20 +271,18 @@ class WriteHandler:
             result = grid.apply(changes, Origin(_CLIENT, ctx.connection_id))
             for pos, outcome in zip(positions, result.outcomes, strict=True):
                 outcomes[pos] = outcome
-        self._reply(ctx, ops, outcomes, requested)
+        return outcomes, requested
 
-    def _reply(
+    def _report_refusals(
         self,
         ctx: RequestContext,
         ops: list[ClientOp | InvalidOp],
-        outcomes: list[Outcome | None],
-        requested: WriteConcern | None,
-    ) -> None:
-        core = self.core
-        metrics = core.metrics
+        outcomes: list[Outcome] | list[Outcome | None],
+        counts: dict[OpType, int],
+    ) -> int:
+        """Send ``OP_REJECTED`` s and corrective events; count accepted ops by type; return how many."""
+        metrics = self.core.metrics
         accepted = 0
-        # Keyed by the enum member: ``.value`` is a descriptor call, made once per type below.
-        counts: dict[OpType, int] = {}
         for op, outcome in zip(ops, outcomes, strict=True):
             assert outcome is not None
             if outcome.status is _REJECTED:
@@ -254,6 +304,28 @@ class WriteHandler:
                         record=winner,
                     )
                 )
+        return accepted
+
+    def _reply(
+        self,
+        ctx: RequestContext,
+        ops: list[ClientOp | InvalidOp],
+        outcomes: list[Outcome] | list[Outcome | None],
+        requested: WriteConcern | None,
+    ) -> None:
+        core = self.core
+        metrics = core.metrics
+        n = len(ops)
+        # Keyed by the enum member: ``.value`` is a descriptor call, made once per type below.
+        counts: dict[OpType, int] = {}
+        if outcomes.count(_APPLIED) + outcomes.count(_UNCHANGED) == n:
+            # Every op accepted without a winner to report (list.count compares by identity first).
+            accepted = n
+            for op in ops:
+                t = op.op_type  # type: ignore[union-attr]
+                counts[t] = counts.get(t, 0) + 1
+        else:
+            accepted = self._report_refusals(ctx, ops, outcomes, counts)
         for t, c in counts.items():
             metrics.ops.inc(t.value, amount=c)
         level = requested if requested is not None else core.default_concern
@@ -267,26 +339,10 @@ class WriteHandler:
             future = committer.sync_point()
         else:
             achieved = WriteConcern.APPLIED
-        last_id = "0"
-        results: list[OpResult] = []
-        for op, outcome in zip(ops, outcomes, strict=True):
-            op_id = op.id
-            if op_id is None:
-                continue
-            last_id = op_id
-            assert outcome is not None
-            if outcome.status is _REJECTED:
-                results.append(OpResult(op_id=op_id, success=False,
-                                        achieved_level=WriteConcern.FIRE_AND_FORGET, error=outcome.reason))
-            else:
-                # OpResult(op_id=op_id, success=True, achieved_level=achieved), minus the frozen
-                # dataclass __init__.
-                res = _object_new(OpResult)
-                _object_setattr(res, "op_id", op_id)
-                _object_setattr(res, "success", True)
-                _object_setattr(res, "achieved_level", achieved)
-                _object_setattr(res, "error", None)
-                results.append(res)
+        if accepted == n:
+            results, last_id = ok_results(ops, achieved)
+        else:
+            results, last_id = _mixed_results(ops, outcomes, achieved)
         ack = OpAck(last_id=last_id, achieved_level=achieved, results=results)
         queue: AckQueue | None = ctx.data.get(_ACKS_KEY)
         if queue is None:

@@ -1,0 +1,302 @@
+# cython: language_level=3
+"""Compiled twin of :mod:`topgun.server._writepath_py` (same outcomes, rows, changes, state, acks).
+
+The common change (a str key, a record with integer timestamp fields that fit
+the storage columns, no NUL characters) is judged, staged and merged without a
+Python call besides the value encoder; any other change goes through the pure
+twin, one change at a time, so the two cannot disagree on unusual input.
+"""
+
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF, Py_DECREF
+from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.long cimport PyLong_CheckExact
+from cpython.tuple cimport PyTuple_Check, PyTuple_GET_SIZE, PyTuple_GET_ITEM
+
+from topgun._speedups._hlc cimport HLC, ts_cmp
+from topgun._speedups._lww cimport LWWMap
+
+from topgun.errors import StorageError
+from topgun.protocol.messages import ClientOp, OpResult, OpType, WriteConcern
+from topgun.server import _writepath_py
+from topgun.server.changes import APPLIED, UNCHANGED, Change, ChangeKind, Outcome, OutcomeStatus, drift_outcome
+from topgun.server.storage.base import encode_value
+
+cdef extern from "Python.h":
+    long long PyLong_AsLongLongAndOverflow(object, int*) except? -1
+    ctypedef struct PyTypeObject:
+        pass
+    ctypedef struct PyMemberDef:
+        const char* name
+        int type
+        Py_ssize_t offset
+    ctypedef struct PyMemberDescrObject:
+        PyMemberDef* d_member
+    PyObject* PyType_GenericAlloc(PyTypeObject*, Py_ssize_t) except NULL
+
+__all__ = ["apply_lww_run", "ok_results", "plain_changes"]
+
+cdef object _py_run = _writepath_py.apply_lww_run
+cdef object _py_one = _writepath_py.apply_one
+cdef object _APPLIED = APPLIED
+cdef object _UNCHANGED = UNCHANGED
+cdef object _Change = Change
+cdef object _Outcome = Outcome
+cdef object _PUT = ChangeKind.PUT
+cdef object _REMOVE = ChangeKind.REMOVE
+cdef object _REJECTED = OutcomeStatus.REJECTED
+cdef object _UNCHANGED_STATUS = OutcomeStatus.UNCHANGED
+cdef object _StorageError = StorageError
+cdef object _encode_value = encode_value
+cdef object _drift_outcome = drift_outcome
+cdef object _tuple_new = tuple.__new__
+
+
+cdef inline bint _small_nonneg(object x, long long* out) except -1:
+    """True when ``x`` is an exact int in [0, 2**63 - 1] (its value in ``out``)."""
+    cdef int ovf = 0
+    if not PyLong_CheckExact(x):
+        return False
+    out[0] = PyLong_AsLongLongAndOverflow(x, &ovf)
+    return ovf == 0 and out[0] >= 0
+
+
+cdef inline bint _storable_ttl(object ttl) except -1:
+    cdef int ovf = 0
+    if ttl is None:
+        return True
+    if not PyLong_CheckExact(ttl):
+        return False
+    PyLong_AsLongLongAndOverflow(ttl, &ovf)
+    return ovf == 0
+
+
+def apply_lww_run(lww, hlc, batch, changes, Py_ssize_t start, long long wall,
+                  long long max_drift, horizon, list outcomes, list effective):
+    """Merge ``changes[start:stop]`` (see :func:`topgun.server._writepath_py.apply_lww_run`)."""
+    cdef LWWMap cmap
+    cdef HLC chlc = hlc if isinstance(hlc, HLC) else None
+    cdef dict data
+    cdef dict rows
+    cdef list lst
+    cdef Py_ssize_t i = start, staged = 0
+    cdef object run_name, kind, ch, name, key, record, ts, current, cts, node, ttl, value, enc
+    cdef PyObject* found
+    cdef long long millis, counter
+    cdef int c
+    if not isinstance(lww, LWWMap) or type(changes) is not list or wall < 0:
+        return _py_run(lww, hlc, batch, changes, start, wall, max_drift, horizon, outcomes, effective)
+    cmap = <LWWMap>lww
+    lst = <list>changes
+    rows = batch.lww
+    run_name = lst[start].map_name
+    try:
+        # Bounded by the live size: a Python callback (a pure clock, the value encoder) could
+        # shrink the caller's list while we iterate.
+        while i < PyList_GET_SIZE(lst):
+            ch = <object>PyList_GET_ITEM(lst, i)
+            if not (PyTuple_Check(ch) and PyTuple_GET_SIZE(ch) == 9):
+                if ch.map_name != run_name or (ch.kind is not _PUT and ch.kind is not _REMOVE):
+                    break
+                i += 1
+                _py_one(lww, hlc, batch, ch, wall, max_drift, horizon, outcomes, effective)
+                continue
+            name = <object>PyTuple_GET_ITEM(ch, 0)
+            kind = <object>PyTuple_GET_ITEM(ch, 2)
+            if (name is not run_name and name != run_name) or (kind is not _PUT and kind is not _REMOVE):
+                break
+            i += 1
+            key = <object>PyTuple_GET_ITEM(ch, 1)
+            record = <object>PyTuple_GET_ITEM(ch, 3)
+            if (
+                type(name) is not str
+                or type(key) is not str
+                or not (PyTuple_Check(record) and PyTuple_GET_SIZE(record) == 3)
+            ):
+                _py_one(lww, hlc, batch, ch, wall, max_drift, horizon, outcomes, effective)
+                continue
+            ts = <object>PyTuple_GET_ITEM(record, 1)
+            if not (PyTuple_Check(ts) and PyTuple_GET_SIZE(ts) == 3):
+                _py_one(lww, hlc, batch, ch, wall, max_drift, horizon, outcomes, effective)
+                continue
+            node = <object>PyTuple_GET_ITEM(ts, 2)
+            ttl = <object>PyTuple_GET_ITEM(record, 2)
+            if (
+                not _small_nonneg(<object>PyTuple_GET_ITEM(ts, 0), &millis)
+                or not _small_nonneg(<object>PyTuple_GET_ITEM(ts, 1), &counter)
+                or type(node) is not str
+                or not _storable_ttl(ttl)
+                or "\x00" in <str>name
+                or "\x00" in <str>key
+                or "\x00" in <str>node
+            ):
+                # Anything storage may refuse, or any arithmetic beyond 64 bits: the specification.
+                _py_one(lww, hlc, batch, ch, wall, max_drift, horizon, outcomes, effective)
+                continue
+            # 0 <= millis and 0 <= wall: the difference cannot overflow.
+            if millis - wall > max_drift:
+                outcomes.append(_drift_outcome(<object>PyTuple_GET_ITEM(ts, 0), wall))
+                continue
+            data = cmap._data
+            found = PyDict_GetItem(data, key)
+            if found == NULL:
+                current = None
+                if horizon is not None and ts_cmp(ts, horizon) < 0:
+                    outcomes.append(
+                        _Outcome(_REJECTED, 409, f"write is older than the retention horizon {horizon}")
+                    )
+                    continue
+            else:
+                current = <object>found
+                cts = current[1]
+                c = ts_cmp(ts, cts)
+                if c <= 0:
+                    if chlc is not None:
+                        chlc.c_update(ts)
+                    else:
+                        hlc.update(ts)
+                    if c < 0:
+                        outcomes.append(_Outcome(_UNCHANGED_STATUS, 0, "", current))
+                    else:
+                        outcomes.append(_UNCHANGED)
+                    continue
+            value = <object>PyTuple_GET_ITEM(record, 0)
+            if value is None:
+                enc = None
+            else:
+                try:
+                    enc = _encode_value(value)
+                except _StorageError as exc:
+                    outcomes.append(_Outcome(_REJECTED, 400, str(exc)))
+                    continue
+            PyDict_SetItem(rows, (name, key), (enc, <object>PyTuple_GET_ITEM(ts, 0),
+                                               <object>PyTuple_GET_ITEM(ts, 1), node, ttl))
+            staged += 1
+            cmap.c_merge(<str>key, record)
+            effective.append(_tuple_new(_Change, (name, key, _REMOVE if value is None else _PUT, record,
+                                                  None, None, None, True, current)))
+            outcomes.append(_APPLIED)
+    finally:
+        if staged:
+            batch.recorded += staged
+    return i
+
+
+# OpResult is a slotted dataclass: its fields live at fixed offsets, written here directly
+# (its frozen __setattr__ costs more than the rest of building an ack). Any other layout
+# (a future change of the class) falls back to the pure builder.
+_RESULT_FIELDS = ("op_id", "success", "achieved_level", "error")
+cdef Py_ssize_t _res_off[4]
+cdef bint _res_fast = False
+cdef PyTypeObject* _RES_T = <PyTypeObject*>OpResult
+cdef object _py_ok_results = _writepath_py.ok_results
+
+
+cdef void _init_result_offsets():
+    global _res_fast
+    member_type = type(OpResult.__dict__["op_id"])
+    for i, name in enumerate(_RESULT_FIELDS):
+        d = OpResult.__dict__.get(name)
+        if d is None or type(d) is not member_type:
+            return
+        _res_off[i] = (<PyMemberDescrObject*>d).d_member.offset
+    if tuple(OpResult.__slots__) != _RESULT_FIELDS:
+        return
+    _res_fast = True
+
+
+_init_result_offsets()
+
+
+cdef inline void _set_slot(PyObject* o, Py_ssize_t off, object value):
+    Py_INCREF(value)
+    (<PyObject**>((<char*>o) + off))[0] = <PyObject*>value
+
+
+def ok_results(ops, achieved):
+    """``OP_ACK`` results of an all-accepted batch and its ``lastId`` (see the pure twin)."""
+    cdef list results = []
+    cdef object op_id, res
+    cdef object last_id = "0"
+    cdef PyObject* o
+    if not _res_fast:
+        return _py_ok_results(ops, achieved)
+    for op in ops:
+        op_id = op.id
+        if op_id is None:
+            continue
+        last_id = op_id
+        o = PyType_GenericAlloc(_RES_T, 0)
+        _set_slot(o, _res_off[0], op_id)
+        _set_slot(o, _res_off[1], True)
+        _set_slot(o, _res_off[2], achieved)
+        _set_slot(o, _res_off[3], None)
+        res = <object>o
+        Py_DECREF(res)  # take over the reference tp_alloc returned
+        results.append(res)
+    return results, last_id
+
+
+# ClientOp is slotted too: the fields read per op, by offset (same fallback rule).
+_OP_FIELDS = ("map_name", "key", "op_type", "record", "write_concern")
+cdef Py_ssize_t _op_off[5]
+cdef bint _op_fast = False
+cdef type _ClientOp = ClientOp
+cdef object _OP_PUT = OpType.PUT
+cdef object _OP_REMOVE = OpType.REMOVE
+cdef dict _RANK = {wc: wc.rank for wc in WriteConcern}
+cdef object _py_plain_changes = _writepath_py.plain_changes
+
+
+cdef void _init_op_offsets():
+    global _op_fast
+    member_type = type(ClientOp.__dict__["key"])
+    for i, name in enumerate(_OP_FIELDS):
+        d = ClientOp.__dict__.get(name)
+        if d is None or type(d) is not member_type:
+            return
+        _op_off[i] = (<PyMemberDescrObject*>d).d_member.offset
+    _op_fast = True
+
+
+_init_op_offsets()
+
+
+cdef inline object _slot(object o, Py_ssize_t off):
+    cdef PyObject* v = (<PyObject**>((<char*>(<PyObject*>o)) + off))[0]
+    if v == NULL:
+        raise AttributeError("unset ClientOp field")
+    return <object>v
+
+
+def plain_changes(ops, requested):
+    """The changes of a batch of plain ``PUT``/``REMOVE`` ops, or None (see the pure twin)."""
+    cdef list changes = []
+    cdef list maps = []
+    cdef object last = None, name, record, t, wc, op
+    cdef Py_ssize_t top, r
+    if not _op_fast or type(ops) is not list:
+        return _py_plain_changes(ops, requested)
+    top = -1 if requested is None else _RANK[requested]
+    for op in <list>ops:
+        if type(op) is not _ClientOp:
+            return None
+        record = _slot(op, _op_off[3])
+        t = _slot(op, _op_off[2])
+        if record is None or (t is not _OP_PUT and t is not _OP_REMOVE):
+            return None
+        name = _slot(op, _op_off[0])
+        if name is not last and name != last:
+            if name not in maps:
+                maps.append(name)
+            last = name
+        wc = _slot(op, _op_off[4])
+        if wc is not None:
+            r = _RANK[wc]
+            if r > top:
+                requested = wc
+                top = r
+        changes.append(_tuple_new(_Change, (name, _slot(op, _op_off[1]), _PUT if t is _OP_PUT else _REMOVE,
+                                            record, None, None, None, True, None)))
+    return changes, maps, requested

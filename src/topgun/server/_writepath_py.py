@@ -1,0 +1,188 @@
+"""The per-op core of the write path (pure twin): merging a run of LWW changes, building acks.
+
+This is the specification of :mod:`topgun._speedups._writepath`: the compiled twin
+must give the same outcomes, stage the same rows, announce the same effective
+changes, leave the map, its Merkle tree and the clock in the same state, and
+build equal ``OP_ACK`` results.
+
+:func:`apply_lww_run` judges each change as PROTOCOL §5.6 steps 4-8 do (the
+map kind is already known to be LWW): no record (400), clock drift (422),
+retention horizon for a key with no stored record (409), a loss or a tie
+against the stored record (accepted, the clock still advances; a strictly
+newer stored record is reported as the winner), staging into the open
+:class:`~topgun.server.storage.base.WriteBatch` (a row storage cannot hold is
+refused with 400 before it touches memory), then the merge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from topgun.core.records import Timestamp
+from topgun.errors import StorageError
+from topgun.protocol.messages import ClientOp, OpResult, OpType, WriteConcern
+from topgun.server.changes import (
+    APPLIED,
+    UNCHANGED,
+    Change,
+    ChangeKind,
+    Outcome,
+    OutcomeStatus,
+    drift_outcome,
+)
+from topgun.server.storage.base import WriteBatch
+
+__all__ = ["apply_lww_run", "apply_one", "ok_results", "plain_changes"]
+
+_PUT = ChangeKind.PUT
+_REMOVE = ChangeKind.REMOVE
+_REJECTED = OutcomeStatus.REJECTED
+_UNCHANGED_STATUS = OutcomeStatus.UNCHANGED
+_tuple_new = tuple.__new__
+_OP_PUT = OpType.PUT
+_OP_REMOVE = OpType.REMOVE
+_RANK = {wc: wc.rank for wc in WriteConcern}
+_object_new = object.__new__
+_object_setattr = object.__setattr__
+
+
+def apply_lww_run(
+    lww: Any,
+    hlc: Any,
+    batch: WriteBatch,
+    changes: Sequence[Change],
+    start: int,
+    wall: int,
+    max_drift: int,
+    horizon: Timestamp | None,
+    outcomes: list[Outcome],
+    effective: list[Change],
+) -> int:
+    """Merge the run of ``PUT``/``REMOVE`` changes that starts at ``changes[start]``; return its end.
+
+    The run is every following change of the same map with those kinds; ``lww``
+    is that map's LWW-Map. Appends one :class:`Outcome` per change to
+    ``outcomes`` and one effective :class:`Change` (with ``previous``) per
+    applied change to ``effective``; stages every applied record into
+    ``batch``. ``wall`` is the server's wall clock (ms) read once for the
+    batch, ``horizon`` the map's prune horizon. Returns the index of the first
+    change after the run.
+    """
+    name = changes[start].map_name
+    n = len(changes)
+    i = start
+    while i < n:
+        ch = changes[i]
+        if ch.map_name != name or (ch.kind is not _PUT and ch.kind is not _REMOVE):
+            break
+        apply_one(lww, hlc, batch, ch, wall, max_drift, horizon, outcomes, effective)
+        i += 1
+    return i
+
+
+def apply_one(
+    lww: Any,
+    hlc: Any,
+    batch: WriteBatch,
+    ch: Change,
+    wall: int,
+    max_drift: int,
+    horizon: Timestamp | None,
+    outcomes: list[Outcome],
+    effective: list[Change],
+) -> None:
+    """Judge, stage and merge one LWW change (the per-change rule of :func:`apply_lww_run`)."""
+    record = ch.record
+    if record is None:
+        outcomes.append(Outcome(_REJECTED, 400, "LWW change without a record"))
+        return
+    ts = record.timestamp
+    if ts[0] - wall > max_drift:
+        outcomes.append(drift_outcome(ts[0], wall))
+        return
+    name = ch.map_name
+    key = ch.key
+    current = lww.get_record(key)
+    if current is None:
+        if horizon is not None and (ts[0], ts[1], ts[2]) < (horizon[0], horizon[1], horizon[2]):
+            outcomes.append(Outcome(_REJECTED, 409, f"write is older than the retention horizon {horizon}"))
+            return
+    else:
+        cts = current.timestamp
+        if not (ts[0], ts[1], ts[2]) > (cts[0], cts[1], cts[2]):
+            hlc.update(ts)  # an accepted op advances the clock even when it loses (§3.2 step 1)
+            if (cts[0], cts[1], cts[2]) > (ts[0], ts[1], ts[2]):
+                outcomes.append(Outcome(_UNCHANGED_STATUS, winner=current))
+            else:
+                outcomes.append(UNCHANGED)
+            return
+    try:
+        # Stage first: a value storage cannot encode is refused before it touches memory.
+        batch.lww_put(name, key, record)
+    except StorageError as exc:
+        outcomes.append(Outcome(_REJECTED, 400, str(exc)))
+        return
+    lww.merge(key, record)  # wins by construction; also runs hlc.update(ts)
+    kind = _REMOVE if record.value is None else _PUT
+    effective.append(_tuple_new(Change, (name, key, kind, record, None, None, None, True, current)))
+    outcomes.append(APPLIED)
+
+
+def ok_results(ops: Sequence[Any], achieved: WriteConcern) -> tuple[list[OpResult], str]:
+    """``OP_ACK`` results of a batch whose every op was accepted, and its ``lastId``.
+
+    One ``OpResult(op_id, success=True, achieved_level=achieved)`` per op that has
+    an id, in order; ``lastId`` is the last of those ids, ``"0"`` when none has one.
+    """
+    results: list[OpResult] = []
+    last_id = "0"
+    for op in ops:
+        op_id = op.id
+        if op_id is None:
+            continue
+        last_id = op_id
+        # OpResult(op_id=op_id, success=True, achieved_level=achieved), minus the frozen
+        # dataclass __init__ (which costs more than the rest of the loop step).
+        res = _object_new(OpResult)
+        _object_setattr(res, "op_id", op_id)
+        _object_setattr(res, "success", True)
+        _object_setattr(res, "achieved_level", achieved)
+        _object_setattr(res, "error", None)
+        results.append(res)
+    return results, last_id
+
+
+def plain_changes(
+    ops: Sequence[Any], requested: WriteConcern | None
+) -> tuple[list[Change], list[str], WriteConcern | None] | None:
+    """The changes of a batch made only of decoded ``PUT``/``REMOVE`` ops that carry a record.
+
+    Returns ``(changes, maps, write_concern)``: one ``PUT``/``REMOVE`` change per
+    op, the distinct map names in first-seen order, and the strongest of
+    ``requested`` and the ops' own write concerns. ``None`` when any op is
+    something else (an ``InvalidOp``, an OR-Map op, a ``REMOVE`` without a record):
+    such a batch is judged op by op.
+    """
+    changes: list[Change] = []
+    maps: list[str] = []
+    last: str | None = None
+    top = -1 if requested is None else _RANK[requested]
+    for op in ops:
+        if type(op) is not ClientOp:
+            return None
+        record = op.record
+        t = op.op_type
+        if record is None or (t is not _OP_PUT and t is not _OP_REMOVE):
+            return None
+        name = op.map_name
+        if name != last:
+            if name not in maps:
+                maps.append(name)
+            last = name
+        wc = op.write_concern
+        if wc is not None and _RANK[wc] > top:
+            requested, top = wc, _RANK[wc]
+        kind = _PUT if t is _OP_PUT else _REMOVE
+        changes.append(_tuple_new(Change, (name, op.key, kind, record, None, None, None, True, None)))
+    return changes, maps, requested

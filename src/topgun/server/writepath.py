@@ -1,0 +1,19 @@
+"""The per-op core of the write path (merging runs of LWW changes, building acks): the compiled
+twin ``topgun._speedups._writepath`` when available, else the pure-Python specification
+:mod:`topgun.server._writepath_py`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from topgun._ext import load
+
+if TYPE_CHECKING:
+    from topgun.server._writepath_py import apply_lww_run, ok_results, plain_changes
+else:
+    _impl = load("topgun._speedups._writepath", "topgun.server._writepath_py")
+    apply_lww_run = _impl.apply_lww_run
+    ok_results = _impl.ok_results
+    plain_changes = _impl.plain_changes
+
+__all__ = ["apply_lww_run", "ok_results", "plain_changes"]

@@ -1,0 +1,237 @@
+"""The write path's per-op core on both twins: what the grid and the write handler rely on.
+
+Every example feeds the same changes (or ops) to the compiled and the pure
+twin, each with its own LWW-Map, clock and write batch, and compares
+everything observable: outcomes, effective changes, staged rows and their
+count, the map's records and Merkle root, and the clock.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from support.clocks import Wall
+from topgun.core.records import LWWRecord, Timestamp
+from topgun.protocol.messages import ClientOp, InvalidOp, OpResult, OpType, WriteConcern
+from topgun.server.changes import APPLIED, UNCHANGED, Change, ChangeKind, OutcomeStatus
+from topgun.server.storage.base import WriteBatch
+
+WALL = 1_700_000_000_000
+DRIFT = 60_000
+# The twin fixtures are stateless module accessors: sharing them across examples is fine.
+PROPS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def _state(twin: Any, preload: list[tuple[str, LWWRecord]]) -> tuple[Any, Any, WriteBatch]:
+    hlc = twin.hlc.HLC("srv-test", max_drift_ms=DRIFT, wall_clock=Wall(WALL))
+    lww = twin.lww.LWWMap(hlc, wall_clock=Wall(WALL))
+    lww.merge_many(preload)
+    return lww, hlc, WriteBatch()
+
+
+def _run(
+    twin: Any, preload: list[tuple[str, LWWRecord]], changes: list[Change], horizon: Timestamp | None
+) -> Any:
+    lww, hlc, batch = _state(twin, preload)
+    outcomes: list[Any] = []
+    effective: list[Change] = []
+    ends = []
+    raised = None
+    i = 0
+    try:
+        while i < len(changes):
+            kind = changes[i].kind
+            if kind is not ChangeKind.PUT and kind is not ChangeKind.REMOVE:
+                i += 1
+                continue
+            i = twin.writepath.apply_lww_run(
+                lww, hlc, batch, changes, i, WALL, DRIFT, horizon, outcomes, effective
+            )
+            ends.append(i)
+    except OverflowError as exc:
+        # Only a server-side source can send a counter beyond 64 bits (the codec caps it at
+        # 2**32): both twins refuse it alike, leaving the same state behind.
+        raised = str(exc)
+    return {
+        "raised": raised,
+        "ends": ends,
+        "outcomes": outcomes,
+        "effective": effective,
+        "rows": batch.lww,
+        "recorded": batch.recorded,
+        "records": sorted(lww.records()),
+        "root": lww.root_hash,
+        "clock": hlc.now(),
+    }
+
+
+class _Opaque:
+    """A value MsgPack cannot encode (a change from a server-side source could carry one)."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Opaque)
+
+    __hash__ = object.__hash__
+
+
+keys = st.sampled_from(["a", "b", "c", "d", "e\x00", ""])
+nodes = st.sampled_from(["n1", "n2", "zz", "n\x00"])
+millis = st.one_of(
+    st.integers(WALL - 5_000, WALL + 5_000),
+    st.integers(WALL + DRIFT - 2, WALL + DRIFT + 2),
+    st.sampled_from([0, -1, 2**63 - 1, 2**63, 2**64 + 3]),
+)
+counters = st.one_of(st.integers(0, 3), st.sampled_from([2**63 - 1, 2**63, -1]))
+stamps = st.builds(Timestamp, millis, counters, nodes)
+values = st.one_of(
+    st.none(),
+    st.integers(-(2**63), 2**64 - 1),
+    st.text(max_size=5),
+    st.dictionaries(st.text(max_size=3), st.integers(0, 9), max_size=2),
+    st.just(2**70),  # too big for MsgPack
+    st.just(_Opaque()),
+)
+ttls = st.one_of(st.none(), st.integers(-5, 10**6), st.sampled_from([2**63 - 1, 2**63]))
+records = st.builds(LWWRecord, values, stamps, ttls)
+
+
+@st.composite
+def changes_strategy(draw: Any) -> list[Change]:
+    out = []
+    for _ in range(draw(st.integers(0, 14))):
+        shape = draw(st.sampled_from(["put", "put", "put", "no-record", "other-map", "or", "float-ts"]))
+        key = draw(keys)
+        if shape == "or":
+            out.append(Change.or_remove("m", key, "tag-1"))
+            continue
+        rec = draw(records)
+        if shape == "no-record":
+            out.append(Change("m", key, ChangeKind.REMOVE))
+            continue
+        if shape == "float-ts":
+            ts = rec.timestamp
+            rec = LWWRecord(
+                rec.value, Timestamp(float(ts.millis % 2**52), ts.counter, ts.node_id), rec.ttl_ms
+            )
+        name = "other" if shape == "other-map" else "m"
+        out.append(Change.put(name, key, rec))
+    return out
+
+
+preloads = st.lists(
+    st.tuples(
+        st.sampled_from(["a", "b", "c"]),
+        st.builds(
+            LWWRecord,
+            st.integers(0, 9),
+            st.builds(
+                Timestamp,
+                st.integers(WALL - 5_000, WALL + 5_000),
+                st.integers(0, 3),
+                st.sampled_from(["n1", "n2"]),
+            ),
+            st.none(),
+        ),
+    ),
+    max_size=4,
+)
+horizons = st.one_of(
+    st.none(), st.builds(Timestamp, st.integers(WALL - 6_000, WALL), st.integers(0, 3), nodes)
+)
+
+
+@PROPS
+@given(preload=preloads, changes=changes_strategy(), horizon=horizons)
+def test_lww_runs_agree(pure: Any, compiled: Any, preload: Any, changes: list[Change], horizon: Any) -> None:
+    assert _run(compiled, preload, changes, horizon) == _run(pure, preload, changes, horizon)
+
+
+def test_run_rules(twin: Any) -> None:
+    """The §5.6 rules as the grid applies them, on each twin."""
+    old = LWWRecord("old", Timestamp(WALL, 5, "n1"))
+    changes = [
+        Change.put("m", "k", LWWRecord("newer", Timestamp(WALL, 6, "n1"))),  # wins
+        Change.put("m", "k", LWWRecord("older", Timestamp(WALL, 1, "n1"))),  # loses: winner reported
+        Change.put("m", "k", LWWRecord("newer", Timestamp(WALL, 6, "n1"))),  # a tie: unchanged
+        Change.put("m", "far", LWWRecord(1, Timestamp(WALL + DRIFT + 1, 0, "n1"))),  # drift
+        Change.put("m", "gone", LWWRecord(1, Timestamp(WALL - 10_000, 0, "n1"))),  # before the horizon
+        Change.put("m", "nul\x00", LWWRecord(1, Timestamp(WALL, 0, "n1"))),  # storage cannot hold it
+        Change("m", "x", ChangeKind.REMOVE),  # no record
+        Change.put("m", "t", LWWRecord(None, Timestamp(WALL, 9, "n2"))),  # a tombstone
+        Change.put("other", "o", LWWRecord(1, Timestamp(WALL, 0, "n1"))),  # ends the run
+    ]
+    got = _run(twin, [("k", old)], changes, Timestamp(WALL - 5_000, 0, "n1"))
+    assert got["ends"] == [8, 9]
+    o = got["outcomes"]
+    assert o[0] is APPLIED and o[2] is UNCHANGED and o[7] is APPLIED
+    assert o[1].status is OutcomeStatus.UNCHANGED and o[1].winner == changes[0].record
+    assert (o[3].code, o[4].code, o[5].code, o[6].code) == (422, 409, 400, 400)
+    assert "NUL" in o[5].reason
+    assert o[8] is APPLIED  # the other map's run, applied to the same LWWMap by this test
+    assert [(c.key, c.kind, c.previous) for c in got["effective"][:2]] == [
+        ("k", ChangeKind.PUT, old),
+        ("t", ChangeKind.REMOVE, None),
+    ]
+    assert got["rows"][("m", "k")][0] is not None and got["rows"][("m", "t")][0] is None
+    assert got["recorded"] == 3
+    # A losing op still advances the clock past its timestamp (§3.2 step 1).
+    assert got["clock"] > Timestamp(WALL, 6, "n1")
+
+
+def _ops(n: int, wc: WriteConcern | None = None, **over: Any) -> list[Any]:
+    ops: list[Any] = []
+    for i in range(n):
+        fields: dict[str, Any] = {
+            "id": f"op-{i}" if i % 3 else None,
+            "map_name": "m" if i % 4 else "n",
+            "key": f"k{i}",
+            "op_type": OpType.PUT if i % 2 else OpType.REMOVE,
+            "record": LWWRecord(i if i % 2 else None, Timestamp(WALL, i, "n1")),
+            "write_concern": wc if i == 2 else None,
+        }
+        fields.update(over)
+        ops.append(ClientOp(**fields))
+    return ops
+
+
+@pytest.mark.parametrize("batch_wc", [None, WriteConcern.MEMORY, WriteConcern.PERSISTED])
+def test_plain_changes(pure: Any, compiled: Any, batch_wc: WriteConcern | None) -> None:
+    ops = _ops(9, WriteConcern.APPLIED)
+    got = compiled.writepath.plain_changes(ops, batch_wc)
+    assert got == pure.writepath.plain_changes(ops, batch_wc)
+    changes, maps, wc = got
+    assert maps == ["n", "m"]
+    assert wc is (WriteConcern.PERSISTED if batch_wc is WriteConcern.PERSISTED else WriteConcern.APPLIED)
+    assert [(c.map_name, c.key, c.kind, c.record) for c in changes] == [
+        (op.map_name, op.key, ChangeKind.PUT if op.op_type is OpType.PUT else ChangeKind.REMOVE, op.record)
+        for op in ops
+    ]
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        InvalidOp(id="x", reason="bad", code=400),
+        ClientOp(id="x", map_name="m", key="k", op_type=OpType.REMOVE, timestamp=Timestamp(WALL, 0, "n")),
+        ClientOp(id="x", map_name="m", key="k", op_type=OpType.OR_REMOVE, or_tag="t"),
+    ],
+)
+def test_plain_changes_refuses_other_ops(twin: Any, odd: Any) -> None:
+    assert twin.writepath.plain_changes([*_ops(3), odd], None) is None
+
+
+def test_ok_results(pure: Any, compiled: Any) -> None:
+    ops = _ops(7)
+    got = compiled.writepath.ok_results(ops, WriteConcern.PERSISTED)
+    assert got == pure.writepath.ok_results(ops, WriteConcern.PERSISTED)
+    results, last_id = got
+    assert last_id == "op-5"
+    assert results == [
+        OpResult(op_id=op.id, success=True, achieved_level=WriteConcern.PERSISTED) for op in ops if op.id
+    ]
+    assert all(type(r) is OpResult for r in results)
+    assert pure.writepath.ok_results(_ops(1), WriteConcern.APPLIED) == ([], "0")
