@@ -82,6 +82,8 @@ class _PicowsConnection(WSListener):  # type: ignore[misc]
         self._paused = False
         self._paused_frames = 0
         self._write_buffer_size: Any = None
+        # The asyncio transport under the WebSocket one (picows looks it up on every access).
+        self._underlying: Any = None
         # Upper bound of the transport's buffer while writing is not paused (set on connect; until
         # then nothing is buffered).
         self._high_water = 0
@@ -142,20 +144,22 @@ class _PicowsConnection(WSListener):  # type: ignore[misc]
             return
         self._out = None
         self._out_bytes = 0
-        t = self._transport
-        if t is None or self._closed:
+        ut = self._underlying
+        if ut is None or self._closed:
             return
-        ut = t.underlying_transport
         if ut.is_closing():
             # The peer is gone but frames it sent earlier are still being dispatched.
             return
         if len(out) == 1:
-            t.send(_BINARY, out[0])
+            self._transport.send(_BINARY, out[0])
             return
         parts: list[bytes] = []
+        append = parts.append
+        small = _SMALL_HEADERS
         for data in out:
-            parts.append(_frame_header(len(data)))
-            parts.append(data)
+            n = len(data)
+            append(small[n] if n < 126 else _frame_header(n))
+            append(data)
         ut.write(b"".join(parts))
 
     def close(self, code: int, reason: str = "", *, drop_pending: bool = False) -> None:
@@ -193,7 +197,8 @@ class _PicowsConnection(WSListener):  # type: ignore[misc]
     def on_ws_connected(self, transport: WSTransport) -> None:
         self._transport = transport
         # Bound once: the session asks after every frame it queues.
-        self._write_buffer_size = transport.underlying_transport.get_write_buffer_size
+        self._underlying = transport.underlying_transport
+        self._write_buffer_size = self._underlying.get_write_buffer_size
         self._high_water = int(transport.underlying_transport.get_write_buffer_limits()[1])
         peer = transport.underlying_transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
