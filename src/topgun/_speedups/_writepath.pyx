@@ -14,8 +14,13 @@ from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.long cimport PyLong_CheckExact
 from cpython.tuple cimport PyTuple_Check, PyTuple_GET_SIZE, PyTuple_GET_ITEM
 
+from libc.stdint cimport uint32_t
+from libc.stdlib cimport malloc, free
+
+from topgun._speedups._hashing cimport c_item_hash
 from topgun._speedups._hlc cimport HLC, ts_cmp
 from topgun._speedups._lww cimport LWWMap
+from topgun._speedups._merkle cimport MerkleTree
 
 from topgun.errors import StorageError
 from topgun.protocol.messages import ClientOp, OpResult, OpType, WriteConcern
@@ -72,6 +77,59 @@ cdef inline bint _storable_ttl(object ttl) except -1:
     return ovf == 0
 
 
+cdef class _MerkleBatch:
+    """Merkle updates of a run, applied together (grouped by leaf, as ``merge_many`` does).
+
+    Holds a reference to every pending key. Flushed before anything else may touch the
+    tree (the pure twin's per-change fallback) and at the end of the run.
+    """
+    cdef MerkleTree tree
+    cdef PyObject** keys
+    cdef uint32_t* kh
+    cdef uint32_t* ih
+    cdef Py_ssize_t n, cap
+
+    def __cinit__(self, MerkleTree tree, Py_ssize_t cap):
+        self.tree = tree
+        self.cap = cap if cap > 0 else 1
+        self.n = 0
+        self.keys = <PyObject**>malloc(self.cap * sizeof(PyObject*))
+        self.kh = <uint32_t*>malloc(self.cap * sizeof(uint32_t))
+        self.ih = <uint32_t*>malloc(self.cap * sizeof(uint32_t))
+        if self.keys == NULL or self.kh == NULL or self.ih == NULL:
+            raise MemoryError()
+
+    cdef int add(self, str key, object ts) except -1:
+        if self.n == self.cap:
+            self.flush()
+        c_item_hash(key, ts, &self.kh[self.n], &self.ih[self.n])
+        Py_INCREF(key)
+        self.keys[self.n] = <PyObject*>key
+        self.n += 1
+        return 0
+
+    cdef int flush(self) except -1:
+        cdef Py_ssize_t i, n = self.n
+        if n == 0:
+            return 0
+        self.n = 0
+        try:
+            self.tree.c_apply_batch(self.keys, self.kh, self.ih, n)
+        finally:
+            for i in range(n):
+                Py_DECREF(<object>self.keys[i])
+        return 0
+
+    def __dealloc__(self):
+        cdef Py_ssize_t i
+        if self.keys != NULL:
+            for i in range(self.n):
+                Py_DECREF(<object>self.keys[i])
+        free(self.keys)
+        free(self.kh)
+        free(self.ih)
+
+
 def apply_lww_run(lww, hlc, batch, changes, Py_ssize_t start, long long wall,
                   long long max_drift, horizon, list outcomes, list effective):
     """Merge ``changes[start:stop]`` (see :func:`topgun.server._writepath_py.apply_lww_run`)."""
@@ -85,11 +143,14 @@ def apply_lww_run(lww, hlc, batch, changes, Py_ssize_t start, long long wall,
     cdef PyObject* found
     cdef long long millis, counter
     cdef int c
+    cdef _MerkleBatch tree = None
     if not isinstance(lww, LWWMap) or type(changes) is not list or wall < 0:
         return _py_run(lww, hlc, batch, changes, start, wall, max_drift, horizon, outcomes, effective)
     cmap = <LWWMap>lww
     lst = <list>changes
     rows = batch.lww
+    if cmap._merkle is not None:
+        tree = _MerkleBatch(cmap._merkle, PyList_GET_SIZE(lst) - start)
     run_name = lst[start].map_name
     try:
         # Bounded by the live size: a Python callback (a pure clock, the value encoder) could
@@ -100,6 +161,8 @@ def apply_lww_run(lww, hlc, batch, changes, Py_ssize_t start, long long wall,
                 if ch.map_name != run_name or (ch.kind is not _PUT and ch.kind is not _REMOVE):
                     break
                 i += 1
+                if tree is not None:
+                    tree.flush()
                 _py_one(lww, hlc, batch, ch, wall, max_drift, horizon, outcomes, effective)
                 continue
             name = <object>PyTuple_GET_ITEM(ch, 0)
@@ -114,10 +177,14 @@ def apply_lww_run(lww, hlc, batch, changes, Py_ssize_t start, long long wall,
                 or type(key) is not str
                 or not (PyTuple_Check(record) and PyTuple_GET_SIZE(record) == 3)
             ):
+                if tree is not None:
+                    tree.flush()
                 _py_one(lww, hlc, batch, ch, wall, max_drift, horizon, outcomes, effective)
                 continue
             ts = <object>PyTuple_GET_ITEM(record, 1)
             if not (PyTuple_Check(ts) and PyTuple_GET_SIZE(ts) == 3):
+                if tree is not None:
+                    tree.flush()
                 _py_one(lww, hlc, batch, ch, wall, max_drift, horizon, outcomes, effective)
                 continue
             node = <object>PyTuple_GET_ITEM(ts, 2)
@@ -132,6 +199,8 @@ def apply_lww_run(lww, hlc, batch, changes, Py_ssize_t start, long long wall,
                 or "\x00" in <str>node
             ):
                 # Anything storage may refuse, or any arithmetic beyond 64 bits: the specification.
+                if tree is not None:
+                    tree.flush()
                 _py_one(lww, hlc, batch, ch, wall, max_drift, horizon, outcomes, effective)
                 continue
             # 0 <= millis and 0 <= wall: the difference cannot overflow.
@@ -173,13 +242,21 @@ def apply_lww_run(lww, hlc, batch, changes, Py_ssize_t start, long long wall,
             PyDict_SetItem(rows, (name, key), (enc, <object>PyTuple_GET_ITEM(ts, 0),
                                                <object>PyTuple_GET_ITEM(ts, 1), node, ttl))
             staged += 1
-            cmap.c_merge(<str>key, record)
+            # Wins by construction (compared above); the map's own clock sees the timestamp.
+            cmap._merge_data(<str>key, record, ts)
+            if tree is not None:
+                tree.add(<str>key, ts)
             effective.append(_tuple_new(_Change, (name, key, _REMOVE if value is None else _PUT, record,
                                                   None, None, None, True, current)))
             outcomes.append(_APPLIED)
     finally:
-        if staged:
-            batch.recorded += staged
+        # The tree catches up with every record stored, even when a later change raised.
+        try:
+            if tree is not None:
+                tree.flush()
+        finally:
+            if staged:
+                batch.recorded += staged
     return i
 
 

@@ -73,7 +73,10 @@ _APPLIED = APPLIED
 _UNCHANGED = UNCHANGED
 _OP_PUT = OpType.PUT
 _OP_REMOVE = OpType.REMOVE
+# Enum properties (``.rank``, ``.value``, rich comparisons) are Python calls: looked up once here.
 _WC_RANK = {wc: wc.rank for wc in WriteConcern}
+_APPLIED_RANK = WriteConcern.APPLIED.rank
+_OP_NAMES = {t: t.value for t in OpType}
 # Per-op objects built without their Python-level constructors (same fields, in declaration order,
 # checked in grid.py for Change): each constructor call cost as much as the rest of the op's loop step.
 _tuple_new = tuple.__new__
@@ -316,7 +319,7 @@ class WriteHandler:
         core = self.core
         metrics = core.metrics
         n = len(ops)
-        # Keyed by the enum member: ``.value`` is a descriptor call, made once per type below.
+        # Keyed by the enum member: ``.value`` is a descriptor call (names come from _OP_NAMES).
         counts: dict[OpType, int] = {}
         if outcomes.count(_APPLIED) + outcomes.count(_UNCHANGED) == n:
             # Every op accepted without a winner to report (list.count compares by identity first).
@@ -327,12 +330,12 @@ class WriteHandler:
         else:
             accepted = self._report_refusals(ctx, ops, outcomes, counts)
         for t, c in counts.items():
-            metrics.ops.inc(t.value, amount=c)
+            metrics.ops.inc(_OP_NAMES[t], amount=c)
         level = requested if requested is not None else core.default_concern
         future: asyncio.Future[None] | None = None
         if accepted == 0:
             achieved = WriteConcern.FIRE_AND_FORGET
-        elif level > WriteConcern.APPLIED and core.durable:
+        elif _WC_RANK[level] > _APPLIED_RANK and core.durable:
             achieved = WriteConcern.PERSISTED
             committer = core.committer
             assert committer is not None
