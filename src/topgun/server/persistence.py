@@ -13,8 +13,10 @@ or, to record several changes of one message::
     batch.lww_put(...); batch.set_map_kind(...)
     fut = committer.commit_future()  # no await between recording and this call
 
-A background task writes the open batch whenever no transaction is in flight.
-While one transaction runs, the next batch accumulates, so under load each
+A background task writes the open batch whenever no transaction is in flight
+(or, on a storage that takes several at once, whenever a slot is free and the
+batch shares no row with those in flight; see :class:`GroupCommitter`).
+While transactions run, the next batch accumulates, so under load each
 transaction carries everything that arrived during the previous one (natural
 group commit) without adding latency when idle. A batch that reaches
 ``max_batch_ops`` distinct rows is sealed and queued so transactions stay
@@ -53,7 +55,7 @@ from topgun.errors import StorageError
 
 from .storage.base import Storage, WriteBatch
 
-__all__ = ["CommitStats", "GroupCommitter", "LatencyHistogram"]
+__all__ = ["CommitStats", "GroupCommitter", "LatencyHistogram", "batches_overlap"]
 
 log = logging.getLogger("topgun.persistence")
 
@@ -148,14 +150,41 @@ class CommitStats:
         }
 
 
+_QUEUED = 0
+_RUNNING = 1
+_COMMITTED = 2
+
+
 class _Pending:
-    __slots__ = ("batch", "future", "rows")
+    __slots__ = ("batch", "failed", "future", "rows", "state")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.batch = WriteBatch()
         #: len(batch) when it was sealed (what it added to the committer's sealed row count)
         self.rows = 0
         self.future: asyncio.Future[None] = _new_future(loop)
+        #: _QUEUED (sealed, not started or waiting for its retry), _RUNNING or _COMMITTED
+        self.state = _QUEUED
+        #: a write of this batch failed and it has not committed since
+        self.failed = False
+
+
+def batches_overlap(a: WriteBatch, b: WriteBatch) -> bool:
+    """Whether two batches must not be written at the same time.
+
+    ``False`` only when both hold nothing but LWW rows and map kinds and share no row: then
+    the order in which their transactions commit cannot change what is stored.
+    """
+    # Every other kind of row (OR records and tombstones, horizons, counters...) goes through the
+    # storage one transaction at a time, so what a crash can leave of them stays a prefix of the
+    # batches.
+    if a.or_records or a.or_tombstones or a.horizons or a.counters or a.fencing or a.meta:
+        return True
+    if b.or_records or b.or_tombstones or b.horizons or b.counters or b.fencing or b.meta:
+        return True
+    return not (
+        a.lww.keys().isdisjoint(b.lww.keys()) and a.map_kinds.keys().isdisjoint(b.map_kinds.keys())
+    )
 
 
 def _consume(fut: asyncio.Future[None]) -> None:
@@ -180,6 +209,17 @@ class GroupCommitter:
     value trades latency for fewer transactions at low load). ``retry_min_ms``
     / ``retry_max_ms``: backoff between attempts after a failure.
 
+    Transactions in flight: one, unless the storage offers more. A storage with a
+    ``write_concurrency`` attribute above 1 (its ``write`` calls may run at the
+    same time, with the same result as one after the other in call order) gets
+    up to that many ``write`` calls at once, but only for batches that do not
+    :func:`overlap <batches_overlap>` any batch still uncommitted before them;
+    anything else waits for every earlier batch and holds back every later one.
+    So concurrent transactions touch disjoint rows, the order in which they
+    commit cannot change what is stored, and a failed batch retried after later
+    ones committed cannot overwrite their rows. Futures still resolve in staging
+    order (a batch's future only once every batch staged before it committed too).
+
     Create it inside a running event loop; :meth:`start` is called by the first
     ``submit`` if you did not call it.
     """
@@ -202,11 +242,20 @@ class GroupCommitter:
         self.retry_max_s = max(self.retry_min_s, float(retry_max_ms) / 1000.0)
         self.stats = CommitStats()
         self._loop = asyncio.get_running_loop()
+        concurrency = getattr(storage, "write_concurrency", 1)
+        #: transactions allowed in flight at once
+        self.concurrency = concurrency if isinstance(concurrency, int) and concurrency > 1 else 1
         self._open = _Pending(self._loop)
+        # Sealed batches in staging order, from the oldest whose future has not resolved yet:
+        # queued, running, and committed ones that still wait for an earlier batch.
         self._sealed: deque[_Pending] = deque()
-        # Rows of the sealed batches, kept up to date so backlog_rows (asked per message) is O(1).
+        # Rows of the sealed batches not committed yet, kept up to date so backlog_rows (asked per
+        # message) is O(1).
         self._sealed_rows = 0
-        self._inflight: _Pending | None = None
+        self._running = 0
+        self._writes: set[asyncio.Task[None]] = set()
+        self._backoff = self.retry_min_s
+        self._retry_at = 0.0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -253,9 +302,8 @@ class GroupCommitter:
         if self._open.batch:
             return self.commit_future()
         if self._sealed:
+            # Futures resolve in staging order, so the newest one covers every batch before it.
             return self._sealed[-1].future
-        if self._inflight is not None:
-            return self._inflight.future
         done = _new_future(self._loop)
         done.set_result(None)
         return done
@@ -263,7 +311,6 @@ class GroupCommitter:
     @property
     def backlog_rows(self) -> int:
         """Rows recorded but not yet committed (open, sealed and in-flight batches)."""
-        # The in-flight batch stays at the head of the sealed queue until it commits.
         return len(self._open.batch) + self._sealed_rows
 
     def _seal(self) -> None:
@@ -327,10 +374,11 @@ class GroupCommitter:
                     break
         self._closed = True
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for t in (*self._writes, task):
+            if t is not None:
+                t.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
         lost = self.backlog_rows
         if lost:
             gave_up = StorageError(f"group committer closed with {lost} uncommitted rows: {error}")
@@ -342,51 +390,112 @@ class GroupCommitter:
 
     # -- the writer --------------------------------------------------------------------------
     async def _run(self) -> None:
-        backoff = self.retry_min_s
         while True:
-            if not self._sealed:
+            self._wake.clear()
+            wait = self._retry_at - self._loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            if (
+                self.max_delay_s
+                and not self._closing
+                and not self._sealed
+                and self._open.batch
+            ):
+                # Idle until now: let the first change's neighbours join it.
+                await asyncio.sleep(self.max_delay_s)
+            self._dispatch()
+            await self._wake.wait()
+
+    def _dispatch(self) -> None:
+        """Start every sealed (or, with a free slot, the open) batch that may run now, in order."""
+        while self._running < self.concurrency:
+            earlier: list[_Pending] = []
+            nxt: _Pending | None = None
+            for p in self._sealed:
+                if p.state is _QUEUED:
+                    nxt = p
+                    break
+                if p.state is _RUNNING:
+                    earlier.append(p)
+            if nxt is None:
                 if not self._open.batch:
-                    self._wake.clear()
-                    await self._wake.wait()
-                    continue
-                if self.max_delay_s and not self._closing:
-                    await asyncio.sleep(self.max_delay_s)
+                    return
+                if earlier and not self._may_join(self._open, earlier):
+                    # Keep recording into it: it starts when the batches it depends on committed.
+                    return
                 # Seal whatever accumulated; changes recorded from now on go to the next transaction.
                 self._seal()
-            p = self._sealed[0]
-            self._inflight = p
-            t0 = time.perf_counter()
-            try:
-                await self.storage.write(p.batch)
-            except asyncio.CancelledError:
-                self._inflight = None
-                raise
-            except Exception as exc:
-                self._inflight = None
-                err = exc if isinstance(exc, StorageError) else StorageError(f"storage write failed: {exc}")
-                if err is not exc:
-                    err.__cause__ = exc
-                self._last_error = err
-                self.stats.failures += 1
-                log.warning("commit of %d rows failed (%s); retrying in %.3f s", len(p.batch), err, backoff)
-                # Fail the waiters now, keep the rows for the retry under a fresh future.
-                failed = p.future
-                p.future = _new_future(self._loop)
-                if not failed.done():
-                    failed.set_exception(err)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.retry_max_s)
-                continue
-            elapsed = time.perf_counter() - t0
-            self._inflight = None
-            self._sealed.popleft()
-            self._sealed_rows -= p.rows
-            backoff = self.retry_min_s
-            self._last_error = None
-            st = self.stats
-            st.latency.observe(elapsed)
-            st.commits += 1
-            st.rows += len(p.batch)
-            st.recorded += p.batch.recorded
-            if not p.future.done():
-                p.future.set_result(None)
+                nxt = self._sealed[-1]
+            elif earlier and not self._may_join(nxt, earlier):
+                return
+            self._start(nxt)
+
+    def _may_join(self, p: _Pending, running: list[_Pending]) -> bool:
+        # A failed batch is retried alone before anything staged after it starts; otherwise a batch
+        # may overlap the transactions in flight only if it shares no row with any of them.
+        if p.failed:
+            return False
+        for r in running:
+            if r.failed or batches_overlap(p.batch, r.batch):
+                return False
+        return True
+
+    def _start(self, p: _Pending) -> None:
+        p.state = _RUNNING
+        self._running += 1
+        task = self._loop.create_task(self._write_one(p))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _write_one(self, p: _Pending) -> None:
+        t0 = time.perf_counter()
+        try:
+            await self.storage.write(p.batch)
+        except asyncio.CancelledError:
+            self._running -= 1
+            p.state = _QUEUED
+            raise
+        except Exception as exc:
+            self._running -= 1
+            self._failed(p, exc)
+        else:
+            self._running -= 1
+            self._committed(p, time.perf_counter() - t0)
+        self._wake.set()
+
+    def _failed(self, p: _Pending, exc: Exception) -> None:
+        err = exc if isinstance(exc, StorageError) else StorageError(f"storage write failed: {exc}")
+        if err is not exc:
+            err.__cause__ = exc
+        self._last_error = err
+        self.stats.failures += 1
+        backoff = self._backoff
+        log.warning("commit of %d rows failed (%s); retrying in %.3f s", len(p.batch), err, backoff)
+        self._retry_at = self._loop.time() + backoff
+        self._backoff = min(backoff * 2, self.retry_max_s)
+        # Fail the waiters now, keep the rows for the retry under a fresh future.
+        p.state = _QUEUED
+        p.failed = True
+        failed = p.future
+        p.future = _new_future(self._loop)
+        if not failed.done():
+            failed.set_exception(err)
+
+    def _committed(self, p: _Pending, elapsed: float) -> None:
+        p.state = _COMMITTED
+        p.failed = False
+        self._sealed_rows -= p.rows
+        self._backoff = self.retry_min_s
+        self._last_error = None
+        st = self.stats
+        st.latency.observe(elapsed)
+        st.commits += 1
+        st.rows += len(p.batch)
+        st.recorded += p.batch.recorded
+        # Resolve in staging order: a future promises that everything staged before it is durable.
+        sealed = self._sealed
+        while sealed and sealed[0].state is _COMMITTED:
+            done = sealed.popleft()
+            if not done.future.done():
+                done.future.set_result(None)
