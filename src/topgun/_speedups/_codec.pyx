@@ -1022,6 +1022,33 @@ cdef inline object _node_str(const uint8_t* node, Py_ssize_t node_len):
     return s
 
 
+cdef object _last_map = None
+
+
+cdef object _rd_map_name(Rd* r):
+    """Like _rd_opt_str, sharing the last map name decoded: the ops of a batch name the same
+    map, and later stages test map names for identity before equality."""
+    global _last_map
+    cdef Py_ssize_t start, n, ln
+    cdef const char* u
+    if r.b[r.pos] == 0xC0:
+        r.pos += 1
+        return None
+    start = r.pos
+    n = _str_len(r)
+    if n < 0:
+        r.pos = start
+        raise _Abandon()
+    r.pos += n
+    if _last_map is not None:
+        u = PyUnicode_AsUTF8AndSize(_last_map, &ln)
+        if ln == n and memcmp(u, r.b + r.pos - n, n) == 0:
+            return _last_map
+    s = PyUnicode_DecodeUTF8(<const char*>(r.b + r.pos - n), n, NULL)
+    _last_map = s
+    return s
+
+
 cdef inline object _millis_int(long long millis):
     global _last_millis, _last_millis_v
     if _last_millis is not None and _last_millis_v == millis:
@@ -1116,7 +1143,7 @@ cdef object _rd_op(Rd* r):
         if kn == 2 and ks[0] == 0x69 and ks[1] == 0x64:  # "id"
             op_id = _rd_opt_str(r)
         elif _key_is(ks, kn, "mapName", 7):
-            map_name = _rd_opt_str(r)
+            map_name = _rd_map_name(r)
         elif _key_is(ks, kn, "key", 3):
             key = _rd_opt_str(r)
         elif _key_is(ks, kn, "opType", 6):
