@@ -197,6 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         console=console,
         disable=args.quiet,
         transient=True,
+        # the display shares the two cores with the server and load processes it measures
+        refresh_per_second=2,
     ) as progress:
         for run_no, (name, storage) in [(i, p) for i in range(args.runs) for p in pairs]:
             label = f"{name} ({storage_kind(storage).value})" + (
