@@ -171,3 +171,24 @@ def test_a_server_that_dies_mid_run_fails_the_scenario() -> None:
                 run_workers("fire-and-wait", args, srv)
         finally:
             killer.cancel()
+
+
+def test_medians_of_a_latency_target_pick_the_median_p99_run() -> None:
+    from topgun.bench.report import markdown_table, medians
+    from topgun.bench.suite import row
+
+    def run(ours: float, p99: float, rank_by: str | None) -> dict[str, Any]:
+        lat = {"p50": 1.0, "p95": 2.0, "p99": p99, "max": 99.0}
+        return row("fan-out", "memory", metric="deliveries/s", ours=ours, latency_ms=lat, rank_by=rank_by)
+
+    # the run with the median throughput has the highest p99
+    runs = [run(99_990, 12.0, "p99"), run(100_000, 50.0, "p99"), run(99_980, 9.0, "p99")]
+    (mid,) = medians(runs)
+    assert mid["latency_ms"]["p99"] == 12.0
+    assert mid["p99_runs"] == [12.0, 50.0, 9.0] and mid["runs"] == [99_990, 100_000, 99_980]
+    assert "p99 per run 12.0 · 50.0 · 9.0" in markdown_table([mid])
+    # throughput scenarios keep the median-throughput run
+    (mid,) = medians([run(r["ours"], r["latency_ms"]["p99"], None) for r in runs])
+    assert mid["ours"] == 99_990 and mid["latency_ms"]["p99"] == 12.0
+    (mid,) = medians([run(1.0, 5.0, None), run(3.0, 1.0, None), run(2.0, 9.0, None)])
+    assert mid["ours"] == 2.0 and mid["latency_ms"]["p99"] == 9.0

@@ -226,6 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         if r["ratio"] is not None
                         else ""
                     )
+                    + (f", p99 {r['latency_ms']['p99']:.2f} ms" if r.get("latency_ms") else "")
                 )
             except Exception as exc:
                 failures.append(f"{label}: {type(exc).__name__}: {exc}")

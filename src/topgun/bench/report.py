@@ -51,18 +51,27 @@ def machine() -> dict[str, Any]:
 def medians(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (scenario, storage): the run with the median figure, with the baselines' median.
 
-    Each returned row carries ``runs`` (every run's figure) and
-    ``baseline_runs``; the ratio is median ours / median baseline. With one
-    run per pair the rows are returned unchanged apart from those two lists.
+    Each returned row carries ``runs`` (every run's figure), ``baseline_runs``
+    and, when the scenario measures latency, ``p99_runs`` (every run's p99);
+    the ratio is median ours / median baseline. A scenario whose target is its
+    latency (``rank_by == "p99"``: fan-out, where every run delivers the same
+    offered load) is represented by the run with the median p99 rather than
+    the median throughput. With one run per pair the rows are returned
+    unchanged apart from those lists.
     """
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["scenario"], r["storage"]), []).append(r)
     out = []
     for group in groups.values():
-        ranked = sorted(group, key=lambda r: r["ours"] if r["ours"] is not None else -1.0)
+        if group[0].get("rank_by") == "p99" and all(r.get("latency_ms") for r in group):
+            ranked = sorted(group, key=lambda r: r["latency_ms"]["p99"])
+        else:
+            ranked = sorted(group, key=lambda r: r["ours"] if r["ours"] is not None else -1.0)
         mid = dict(ranked[(len(ranked) - 1) // 2])
         mid["runs"] = [r["ours"] for r in group]
+        if all(r.get("latency_ms") for r in group):
+            mid["p99_runs"] = [r["latency_ms"]["p99"] for r in group]
         bases = sorted(r["baseline_value"] for r in group if r["baseline_value"] is not None)
         mid["baseline_runs"] = [r["baseline_value"] for r in group]
         if bases:
@@ -103,7 +112,11 @@ def _lat(r: dict[str, Any]) -> str:
     lat = r.get("latency_ms")
     if not lat:
         return ""
-    return f"p50 {lat['p50']:.2f} / p95 {lat['p95']:.2f} / p99 {lat['p99']:.2f} / max {lat['max']:.1f} ms"
+    text = f"p50 {lat['p50']:.2f} / p95 {lat['p95']:.2f} / p99 {lat['p99']:.2f} / max {lat['max']:.1f} ms"
+    p99s = r.get("p99_runs") or []
+    if len(p99s) > 1:
+        text += " (p99 per run " + " · ".join(f"{v:.1f}" for v in p99s) + ")"
+    return text
 
 
 def _cells(r: dict[str, Any]) -> list[str]:

@@ -361,6 +361,7 @@ def _fan_out(opts: Options, storage: str) -> dict[str, Any]:
         client_cpu_pct=_pct(x["client_cpu"], x["seconds"]),
         target=f"{opts.subscribers:,} subscribers x {opts.rate}/s, p99 <= 20 ms",
         baseline_note="no baseline",
+        rank_by="p99",
         details={
             "subscribers": x["subscribers"],
             "writers": opts.writers,
