@@ -23,16 +23,17 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import enum
+import functools
 import logging
 import os
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from itertools import chain
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from topgun.errors import ConfigError, StorageError
 
-from .base import SCHEMA_VERSION, Snapshot, SnapshotBuilder, StorageKind, WriteBatch
+from .base import SCHEMA_VERSION, LWWRow, Snapshot, SnapshotBuilder, StorageKind, WriteBatch
 
 __all__ = ["MIGRATIONS", "SqliteStorage", "Synchronous"]
 
@@ -75,39 +76,71 @@ assert MIGRATIONS[-1][0] == SCHEMA_VERSION
 
 
 def _upsert_lww_sql(rows: int) -> str:
-    """The LWW upsert of ``rows`` rows in one statement (7 parameters per row)."""
+    """The LWW upsert of ``rows`` rows in one statement (7 parameters per row, see :func:`_lww_params`)."""
     return (
         "INSERT INTO lww_records (map, key, value, millis, counter, node_id, ttl_ms) VALUES "
-        + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * rows)
+        + ", ".join(["(?, ?, nullif(?, ''), ?, ?, ?, nullif(?, ''))"] * rows)
         + " ON CONFLICT (map, key) DO UPDATE SET value = excluded.value,"
         " millis = excluded.millis, counter = excluded.counter, node_id = excluded.node_id,"
         " ttl_ms = excluded.ttl_ms"
     )
 
 
-_UPSERT_LWW = _upsert_lww_sql(1)
-#: Rows per multi-row LWW upsert: 128 x 7 parameters stays under 999, the lowest
-#: SQLITE_MAX_VARIABLE_NUMBER any SQLite build has had.
-_LWW_CHUNK = 128
-_UPSERT_LWW_CHUNK = _upsert_lww_sql(_LWW_CHUNK)
+#: Rows per multi-row LWW upsert when the library allows 999 parameters only (the lowest
+#: SQLITE_MAX_VARIABLE_NUMBER any SQLite build has had); builds since 3.32 allow 32,766.
+_LWW_CHUNK_MIN = 128
+_LWW_CHUNK_MAX = 2048
 
 
-def _upsert_lww(db: sqlite3.Connection, params: Sequence[tuple[object, ...]]) -> None:
+def _lww_params(lww: dict[tuple[str, str], LWWRow | None]) -> list[tuple[object, ...]]:
+    """Parameter rows of the LWW upserts of a batch (its deletes left out).
+
+    Binding ``bytes`` or ``None`` goes through the sqlite3 module's adaptation lookup (~0.3 us
+    each, with the GIL held), ``bytearray``, ``str`` and ``int`` do not: values go as
+    ``bytearray`` and a missing value or TTL as ``''``, which the statement turns back into
+    NULL (no stored value is an empty string: values are BLOBs, TTLs integers).
+    """
+    ba = bytearray
+    try:
+        return [
+            (m, k, "" if v is None else ba(v), ms, c, n, "" if t is None else t)
+            for (m, k), (v, ms, c, n, t) in cast("dict[tuple[str, str], LWWRow]", lww).items()
+        ]
+    except TypeError:  # a delete (None) among the rows: the rare slower pass
+        return [
+            (m, k, "" if v is None else ba(v), ms, c, n, "" if t is None else t)
+            for (m, k), (v, ms, c, n, t) in [(mk, row) for mk, row in lww.items() if row is not None]
+        ]
+
+
+def _upsert_lww(db: sqlite3.Connection, params: list[tuple[object, ...]], chunk: int) -> None:
     # Multi-row statements instead of executemany: executemany releases the GIL around every
     # row's sqlite3_step and must win it back for the next row, while under load the event loop
-    # thread holds it most of the time. The batch's rows have distinct (map, key), so one
-    # statement never upserts the same row twice.
+    # thread holds it most of the time (each win can wait a whole switch interval). Big chunks
+    # keep those hand-overs to one or two per transaction. The batch's rows have distinct
+    # (map, key), so one statement never upserts the same row twice, except for the padding below.
     n = len(params)
-    full = n - n % _LWW_CHUNK
-    for start in range(0, full, _LWW_CHUNK):
-        db.execute(_UPSERT_LWW_CHUNK, list(chain.from_iterable(params[start : start + _LWW_CHUNK])))
+    full = n - n % chunk
+    if full:
+        sql = _upsert_sql(chunk)
+        for start in range(0, full, chunk):
+            db.execute(sql, list(chain.from_iterable(params[start : start + chunk])))
     if full == n:
         return
+    # The rest goes in a statement of the next power-of-two size, padded with copies of its last
+    # row (upserting the same row again with the same values changes nothing): a prepared
+    # 1,000-row statement takes ~1.6 MB, so the statements kept by sqlite3's cache must be few.
     rest = params[full:]
-    if len(rest) == 1:
-        db.execute(_UPSERT_LWW, rest[0])
-    else:
-        db.execute(_upsert_lww_sql(len(rest)), list(chain.from_iterable(rest)))
+    size = _LWW_PAD_MIN
+    while size < len(rest):
+        size *= 2
+    rest.extend([rest[-1]] * (size - len(rest)))
+    db.execute(_upsert_sql(size), list(chain.from_iterable(rest)))
+
+
+_upsert_sql = functools.lru_cache(maxsize=None)(_upsert_lww_sql)
+#: Smallest padded LWW statement (rows).
+_LWW_PAD_MIN = 8
 
 
 _DELETE_LWW = "DELETE FROM lww_records WHERE map = ? AND key = ?"
@@ -169,6 +202,7 @@ class SqliteStorage:
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
         self.schema_version: int | None = None
+        self._lww_chunk = _LWW_CHUNK_MIN
 
     @property
     def kind(self) -> StorageKind:
@@ -222,6 +256,8 @@ class SqliteStorage:
                 raise StorageError(f"sqlite {self.path!r}: cannot switch to WAL mode (got {mode!r})")
             conn.execute(f"PRAGMA synchronous = {self.synchronous.value.upper()}")
             version = self._migrate(conn)
+            variables = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+            self._lww_chunk = max(_LWW_CHUNK_MIN, min(_LWW_CHUNK_MAX, variables // 7))
         except BaseException:
             conn.close()
             raise
@@ -312,17 +348,21 @@ class SqliteStorage:
 
     def _write_sync(self, batch: WriteBatch) -> None:
         db = self._db()
+        lww = batch.lww
+        # This thread holds the GIL while it builds and binds parameters, which the event loop
+        # waits for: one pass, no adaptation (see _lww_params).
+        params = _lww_params(lww) if lww else []
+        if params and len(params) == len(batch) and len(params) <= self._lww_chunk:
+            # Only LWW upserts, one statement: a transaction of its own (autocommit), without the
+            # BEGIN and COMMIT that would each hand the GIL over and wait to win it back.
+            _upsert_lww(db, params, self._lww_chunk)
+            return
         db.execute("BEGIN IMMEDIATE")
         try:
-            lww = batch.lww
-            if lww:
-                # One pass straight into parameter tuples (no intermediate split lists): this
-                # thread holds the GIL while it builds them, which the event loop waits for.
-                params = [(*mk, *row) for mk, row in lww.items() if row is not None]
-                if params:
-                    _upsert_lww(db, params)
-                if len(params) != len(lww):
-                    db.executemany(_DELETE_LWW, [mk for mk, row in lww.items() if row is None])
+            if params:
+                _upsert_lww(db, params, self._lww_chunk)
+            if len(params) != len(lww):
+                db.executemany(_DELETE_LWW, [mk for mk, row in lww.items() if row is None])
             if batch.or_records:
                 oups, odels = batch.or_split()
                 if oups:
