@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from picows import (
@@ -67,6 +68,116 @@ def _close_code(code: int) -> WSCloseCode:
         return WSCloseCode.POLICY_VIOLATION
 
 
+class _Outbox:
+    """The frames one connection queued during this event-loop iteration, and its write state.
+
+    Kept apart from the listener because every frame touches it: attributes of a Python
+    subclass of picows' extension type cost about three times as much to read and write as
+    those of a plain slotted object (measured: ~320 vs ~120 ns for the per-frame send).
+    """
+
+    __slots__ = (
+        "accepting",
+        "closed",
+        "high_water",
+        "out",
+        "out_bytes",
+        "paused",
+        "paused_frames",
+        "server",
+        "transport",
+        "underlying",
+        "write_buffer_size",
+    )
+
+    def __init__(self, server: PicowsTransport) -> None:
+        self.server = server
+        self.transport: WSTransport | None = None
+        # The asyncio transport under the WebSocket one.
+        self.underlying: Any = None
+        # Bound once: the session asks after frames it queues.
+        self.write_buffer_size: Any = None
+        # Upper bound of the transport's buffer while writing is not paused (set on connect;
+        # until then nothing is buffered).
+        self.high_water = 0
+        #: sends are taken (connected, no close sent, not disconnected)
+        self.accepting = False
+        #: the peer is gone
+        self.closed = False
+        self.paused = False
+        self.paused_frames = 0
+        # Frames waiting for the end-of-iteration flush (None: nothing pending).
+        self.out: list[bytes] | None = None
+        self.out_bytes = 0
+
+    def send(self, data: bytes) -> None:
+        if not self.accepting:
+            return
+        out = self.out
+        if out is None:
+            self.out = [data]
+            self.server._schedule_flush(self)
+        else:
+            out.append(data)
+        self.out_bytes += len(data)
+        if self.paused:
+            self.paused_frames += 1
+
+    def send_bounded(self, data: bytes, max_bytes: int, max_frames: int) -> bool:
+        """:meth:`send`, then whether ``outbound_bytes() > max_bytes or outbound_frames() > max_frames``.
+
+        The same answer as asking both after the send, without doing so for every frame: while the
+        transport has not paused writing its buffer holds at most the high-water mark (it pauses
+        as soon as a write takes it past), and frames are only counted while it is paused, so in
+        the common case the corked bytes alone settle the question.
+        """
+        if self.accepting:
+            out = self.out
+            if out is None:
+                self.out = [data]
+                self.server._schedule_flush(self)
+            else:
+                out.append(data)
+            self.out_bytes += len(data)
+            if self.paused:
+                self.paused_frames += 1
+        if self.paused:
+            return self.paused_frames > max_frames or self.outbound_bytes() > max_bytes
+        if self.out_bytes + self.high_water <= max_bytes:
+            return False
+        return self.outbound_bytes() > max_bytes
+
+    def outbound_bytes(self) -> int:
+        size = self.write_buffer_size
+        if size is None:
+            return 0
+        return int(size()) + self.out_bytes
+
+    def flush(self) -> None:
+        out = self.out
+        if out is None:
+            return
+        self.out = None
+        self.out_bytes = 0
+        ut = self.underlying
+        if ut is None or self.closed:
+            return
+        if ut.is_closing():
+            # The peer is gone but frames it sent earlier are still being dispatched.
+            return
+        if len(out) == 1:
+            self.transport.send(_BINARY, out[0])  # type: ignore[union-attr]
+            return
+        parts: list[bytes] = []
+        append = parts.append
+        small = _SMALL_HEADERS
+        for data in out:
+            n = len(data)
+            append(small[n] if n < 126 else _frame_header(n))
+            append(data)
+        ut.write(b"".join(parts))
+
+
 class _PicowsConnection(WSListener):  # type: ignore[misc]
     """Both the picows listener and the :class:`~topgun.server.transport.base.Connection`."""
 
@@ -79,22 +190,12 @@ class _PicowsConnection(WSListener):  # type: ignore[misc]
         self._listener: ConnectionListener | None = None
         self._closed = False
         self._close_sent = False
-        self._paused = False
-        self._paused_frames = 0
-        self._write_buffer_size: Any = None
-        # The asyncio transport under the WebSocket one (picows looks it up on every access).
-        self._underlying: Any = None
-        # Upper bound of the transport's buffer while writing is not paused (set on connect; until
-        # then nothing is buffered).
-        self._high_water = 0
+        self._box = _Outbox(server)
         # Fragment reassembly: None when no binary message is in progress.
         self._parts: list[bytes] | None = None
         self._parts_size = 0
         self._in_text = False
         self._oversize_reported = False
-        # Frames waiting for the end-of-iteration flush (None: nothing pending).
-        self._out: list[bytes] | None = None
-        self._out_bytes = 0
 
     # -- Connection ------------------------------------------------------------------------
     @property
@@ -102,82 +203,32 @@ class _PicowsConnection(WSListener):  # type: ignore[misc]
         return self._closed or self._close_sent
 
     def send(self, data: bytes) -> None:
-        if self._transport is None or self._closed or self._close_sent:
-            return
-        out = self._out
-        if out is None:
-            self._out = [data]
-            self._server._schedule_flush(self)
-        else:
-            out.append(data)
-        self._out_bytes += len(data)
-        if self._paused:
-            self._paused_frames += 1
+        self._box.send(data)
 
-    def send_bounded(self, data: bytes, max_bytes: int, max_frames: int) -> bool:
-        """:meth:`send`, then whether ``outbound_bytes() > max_bytes or outbound_frames() > max_frames``.
-
-        The same answer as asking both after the send, without doing so for every frame: while the
-        transport has not paused writing its buffer holds at most the high-water mark (it pauses
-        as soon as a write takes it past), and frames are only counted while it is paused, so in
-        the common case the corked bytes alone settle the question.
-        """
-        if self._transport is not None and not self._closed and not self._close_sent:
-            out = self._out
-            if out is None:
-                self._out = [data]
-                self._server._schedule_flush(self)
-            else:
-                out.append(data)
-            self._out_bytes += len(data)
-            if self._paused:
-                self._paused_frames += 1
-        if self._paused:
-            return self._paused_frames > max_frames or self.outbound_bytes() > max_bytes
-        if self._out_bytes + self._high_water <= max_bytes:
-            return False
-        return self.outbound_bytes() > max_bytes
-
-    def _flush(self) -> None:
-        out = self._out
-        if out is None:
-            return
-        self._out = None
-        self._out_bytes = 0
-        ut = self._underlying
-        if ut is None or self._closed:
-            return
-        if ut.is_closing():
-            # The peer is gone but frames it sent earlier are still being dispatched.
-            return
-        if len(out) == 1:
-            self._transport.send(_BINARY, out[0])
-            return
-        parts: list[bytes] = []
-        append = parts.append
-        small = _SMALL_HEADERS
-        for data in out:
-            n = len(data)
-            append(small[n] if n < 126 else _frame_header(n))
-            append(data)
-        ut.write(b"".join(parts))
+    @property
+    def send_bounded(self) -> Callable[[bytes, int, int], bool]:
+        """:meth:`_Outbox.send_bounded` of this connection: send one frame, then say whether the
+        outbound queue is over ``max_bytes`` or ``max_frames`` (the session's slow-consumer test)."""
+        return self._box.send_bounded
 
     def close(self, code: int, reason: str = "", *, drop_pending: bool = False) -> None:
         t = self._transport
         if t is None or self._closed or self._close_sent:
             return
+        box = self._box
         if drop_pending:
-            self._out = None
-            self._out_bytes = 0
+            box.out = None
+            box.out_bytes = 0
         else:
-            self._flush()
+            box.flush()
         self._close_sent = True
+        box.accepting = False
         try:
             t.send_close(_close_code(code), reason.encode("utf-8")[:120])
         except Exception:
             pass
         t.disconnect(graceful=True)
-        if drop_pending or self._paused:
+        if drop_pending or box.paused:
             asyncio.get_running_loop().call_later(_ABORT_AFTER, self._abort)
 
     def _abort(self) -> None:
@@ -185,21 +236,20 @@ class _PicowsConnection(WSListener):  # type: ignore[misc]
             self._transport.disconnect(graceful=False)
 
     def outbound_bytes(self) -> int:
-        size = self._write_buffer_size
-        if size is None:
-            return 0
-        return int(size()) + self._out_bytes
+        return self._box.outbound_bytes()
 
     def outbound_frames(self) -> int:
-        return self._paused_frames
+        return self._box.paused_frames
 
     # -- WSListener ------------------------------------------------------------------------
     def on_ws_connected(self, transport: WSTransport) -> None:
         self._transport = transport
-        # Bound once: the session asks after every frame it queues.
-        self._underlying = transport.underlying_transport
-        self._write_buffer_size = self._underlying.get_write_buffer_size
-        self._high_water = int(transport.underlying_transport.get_write_buffer_limits()[1])
+        box = self._box
+        box.transport = transport
+        box.underlying = ut = transport.underlying_transport
+        box.write_buffer_size = ut.get_write_buffer_size
+        box.high_water = int(ut.get_write_buffer_limits()[1])
+        box.accepting = not (self._closed or self._close_sent)
         peer = transport.underlying_transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.remote = f"{peer[0]}:{peer[1]}"
@@ -247,6 +297,7 @@ class _PicowsConnection(WSListener):  # type: ignore[misc]
         elif mtype is _CLOSE_FRAME:
             if not self._close_sent:
                 self._close_sent = True
+                self._box.accepting = False
                 transport.send_close(frame.get_close_code(), frame.get_close_message())
             transport.disconnect()
 
@@ -264,6 +315,8 @@ class _PicowsConnection(WSListener):  # type: ignore[misc]
         if self._closed:
             return
         self._closed = True
+        self._box.closed = True
+        self._box.accepting = False
         self._parts = None
         hs = transport.close_handshake
         if hs is not None and hs.sent is not None and not self._oversize_reported:
@@ -284,11 +337,12 @@ class _PicowsConnection(WSListener):  # type: ignore[misc]
             server._idle.set()
 
     def pause_writing(self) -> None:
-        self._paused = True
+        self._box.paused = True
 
     def resume_writing(self) -> None:
-        self._paused = False
-        self._paused_frames = 0
+        box = self._box
+        box.paused = False
+        box.paused_frames = 0
 
 
 class PicowsTransport(TransportServer):
@@ -302,11 +356,11 @@ class PicowsTransport(TransportServer):
         self._connections: set[_PicowsConnection] = set()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._dirty: list[_PicowsConnection] = []
+        self._dirty: list[_Outbox] = []
         self._flush_scheduled = False
 
-    def _schedule_flush(self, conn: _PicowsConnection) -> None:
-        self._dirty.append(conn)
+    def _schedule_flush(self, box: _Outbox) -> None:
+        self._dirty.append(box)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush_all)
@@ -315,8 +369,8 @@ class PicowsTransport(TransportServer):
         self._flush_scheduled = False
         dirty = self._dirty
         self._dirty = []
-        for conn in dirty:
-            conn._flush()
+        for box in dirty:
+            box.flush()
 
     def _factory(self, request: WSUpgradeRequest) -> Any:
         try:
