@@ -107,6 +107,10 @@ class SessionState(str, enum.Enum):
     CLOSED = "CLOSED"
 
 
+# Looking a member up on an Enum class costs ~60 ns; sends test for it once per frame.
+_CLOSED = SessionState.CLOSED
+
+
 def _wall_millis() -> int:
     return time.time_ns() // 1_000_000
 
@@ -308,14 +312,14 @@ class Session:
 
     def send(self, message: Any) -> None:
         """Encode ``message`` (typed message, or a plain dict packed as is) and queue it."""
-        if self.state is SessionState.CLOSED:
+        if self.state is _CLOSED:
             return
         data = msgpack.packb(message) if isinstance(message, dict) else self.hub.codec.encode(message)
         self.send_frame(data)
 
     def send_frame(self, data: bytes) -> None:
         """Queue one encoded frame; drop the connection if its outbound queue is over its bound."""
-        if self.state is SessionState.CLOSED:
+        if self.state is _CLOSED:
             return
         send_bounded = self._send_bounded
         if send_bounded is not None:
