@@ -88,3 +88,10 @@ async def test_corked_pushes_of_every_header_size() -> None:
         finally:
             await sub.ws.close()
             await writer.ws.close()
+
+
+def test_prebuilt_headers_are_the_computed_ones() -> None:
+    from topgun.server.transport.picows_transport import _HEADER_TABLE, _TABLE_LIMIT
+
+    assert len(_HEADER_TABLE) == _TABLE_LIMIT
+    assert all(_HEADER_TABLE[n] == _frame_header(n) for n in range(_TABLE_LIMIT))

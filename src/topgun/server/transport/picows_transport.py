@@ -50,6 +50,10 @@ _CLOSE_FRAME = WSMsgType.CLOSE
 _SMALL_HEADERS = [bytes((0x82, n)) for n in range(126)]
 _HEADER16 = struct.Struct(">BBH")
 _HEADER64 = struct.Struct(">BBQ")
+#: Headers of every frame size below this, prebuilt: pushes (a SERVER_EVENT is ~150 bytes) take
+#: them by index in the flush loop instead of calling :func:`_frame_header`.
+_TABLE_LIMIT = 2048
+_HEADER_TABLE = _SMALL_HEADERS + [_HEADER16.pack(0x82, 126, n) for n in range(126, _TABLE_LIMIT)]
 
 
 def _frame_header(size: int) -> bytes:
@@ -170,10 +174,10 @@ class _Outbox:
             return
         parts: list[bytes] = []
         append = parts.append
-        small = _SMALL_HEADERS
+        table = _HEADER_TABLE
         for data in out:
             n = len(data)
-            append(small[n] if n < 126 else _frame_header(n))
+            append(table[n] if n < _TABLE_LIMIT else _frame_header(n))
             append(data)
         ut.write(b"".join(parts))
 
