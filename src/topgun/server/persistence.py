@@ -215,6 +215,8 @@ class GroupCommitter:
     up to that many ``write`` calls at once, but only for batches that do not
     :func:`overlap <batches_overlap>` any batch still uncommitted before them;
     anything else waits for every earlier batch and holds back every later one.
+    The open batch joins the transactions in flight once it holds as many rows as
+    the smallest of them (until then it keeps growing).
     So concurrent transactions touch disjoint rows, the order in which they
     commit cannot change what is stored, and a failed batch retried after later
     ones committed cannot overwrite their rows. Futures still resolve in staging
@@ -421,8 +423,14 @@ class GroupCommitter:
             if nxt is None:
                 if not self._open.batch:
                     return
-                if earlier and not self._may_join(self._open, earlier):
-                    # Keep recording into it: it starts when the batches it depends on committed.
+                if earlier and (
+                    len(self._open.batch) < min(r.rows for r in earlier)
+                    or not self._may_join(self._open, earlier)
+                ):
+                    # Keep recording into it: it starts when the batches it depends on committed,
+                    # or next to them once it is as big as the smallest of them. Starting it at
+                    # once would split the load into transactions half the size, which cost the
+                    # database more per row (fire-and-forget PostgreSQL: -5 to -10 %).
                     return
                 # Seal whatever accumulated; changes recorded from now on go to the next transaction.
                 self._seal()

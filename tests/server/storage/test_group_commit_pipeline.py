@@ -255,3 +255,24 @@ async def test_postgres_concurrent_writes_keep_call_order(pg_url: str) -> None:
     assert lww["shared"] == rec(27, 27)
     assert snap.fencing == {"lock": 25}
     assert all(lww[f"own{i}-{j}"].value == [i, j] for i in range(30) for j in range(300))
+
+
+async def test_open_batch_joins_once_as_big_as_the_transaction_in_flight(storage_url: str) -> None:
+    store = Pipelined(open_storage(storage_url))
+    await store.open()
+    committer = GroupCommitter(store)
+    try:
+        first = committer.submit(lambda b: [b.lww_put("m", f"a{i}", rec(i)) for i in range(3)])
+        await store.until_started(1)
+        second = committer.submit(lambda b: b.lww_put("m", "b0", rec(0)))
+        await settle()
+        assert len(store.started) == 1  # 1 row next to 3 in flight: keep accumulating
+        committer.submit(lambda b: [b.lww_put("m", f"b{i}", rec(i)) for i in (1, 2)])
+        await store.until_started(2)  # 3 rows: worth a transaction of its own now
+        assert len(store.started[1].lww) == 3
+        store.release_all()
+        await asyncio.wait_for(asyncio.gather(first, second), 10)
+    finally:
+        store.release_all()
+        await committer.close()
+        await store.close()
