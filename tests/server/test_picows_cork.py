@@ -7,7 +7,9 @@ every one of them, in order and intact.
 
 from __future__ import annotations
 
+import asyncio
 import struct
+from typing import Any
 
 import pytest
 from rawclient import RawClient, pack
@@ -95,3 +97,47 @@ def test_prebuilt_headers_are_the_computed_ones() -> None:
 
     assert len(_HEADER_TABLE) == _TABLE_LIMIT
     assert all(_HEADER_TABLE[n] == _frame_header(n) for n in range(_TABLE_LIMIT))
+
+
+async def test_send_bounded_answers_as_the_outbound_counters_do() -> None:
+    """The one-call send and bound check agrees with asking outbound_bytes()/outbound_frames()
+    after the send, frame by frame, before and while the transport has paused writing."""
+    frame = b"\x00" * 3000
+    seen: dict[str, Any] = {"frames": 0, "paused": 0, "over": 0, "wrong": []}
+
+    async def flood(conn: Any) -> None:
+        # bounds that straddle what builds up, below and above the transport's high-water mark:
+        # some answers must be True, some False
+        bounds = [(20_000, 50_000), (70_000, 50_000), (100_000, 50_000), (1 << 20, 50_000),
+                  (64 << 20, 50_000), (64 << 20, 3)]
+        for i in range(4000):
+            for _ in range(i % 7 + 1):
+                max_bytes, max_frames = bounds[seen["frames"] % len(bounds)]
+                got = conn.send_bounded(frame, max_bytes, max_frames)
+                want = conn.outbound_bytes() > max_bytes or conn.outbound_frames() > max_frames
+                if got != want:
+                    seen["wrong"].append((seen["frames"], got, want))
+                seen["frames"] += 1
+                seen["over"] += got
+                seen["paused"] += conn.outbound_frames() > 0
+            await asyncio.sleep(0)
+            if seen["paused"] > 2000:
+                return
+
+    tasks: list[asyncio.Task[None]] = []
+
+    def start(ctx: Any, msg: Any) -> None:
+        tasks.append(asyncio.get_running_loop().create_task(flood(ctx.conn)))
+
+    async with TopGunServer(port=0, storage="memory://", transport="picows") as server:
+        server.processors.register("TOPIC_SUB", start)
+        c = await RawClient.open(server.url, max_queue=1)
+        try:
+            await c.send({"type": "TOPIC_SUB", "payload": {"topic": "t"}})
+            while not tasks:
+                await asyncio.sleep(0.01)
+            await asyncio.wait_for(tasks[0], 20)
+        finally:
+            c.ws.transport.abort()
+    assert seen["wrong"] == []
+    assert seen["paused"] > 2000 and 0 < seen["over"] < seen["frames"]
