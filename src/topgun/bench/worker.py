@@ -310,8 +310,8 @@ async def fan_out(a: dict[str, Any]) -> dict[str, Any]:
         """Receives pushes in ``on_ws_frame`` itself: one Python call per frame instead of three."""
 
         def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-            if frame.msg_type is not _BINARY:
-                return
+            # No msg_type test (picows builds a Python enum for it on every frame): the server
+            # sends no text, and a control frame's payload never holds the marker.
             data = frame.get_payload_as_bytes()
             if marker not in data:
                 return
