@@ -309,7 +309,7 @@ async def test_empty_batch_is_a_no_op(storage_url: str) -> None:
 async def test_large_batch(storage_url: str) -> None:
     n = 5000
 
-    # Big enough for the PostgreSQL COPY path (copy_threshold defaults to 2000 rows).
+    # Big enough for the PostgreSQL COPY path (copy_threshold defaults to 200 rows).
     def fill(b: WriteBatch) -> None:
         for i in range(n):
             value = None if i % 10 == 3 else {"i": i, "pad": "x" * (i % 50)}
