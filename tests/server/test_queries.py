@@ -414,3 +414,29 @@ async def test_one_window_many_subscribers_with_their_own_ids_and_fields() -> No
         for c, _, _ in subs:
             await c.close()
         await w.c.close()
+
+
+def test_update_frames_splice_only_where_the_layout_allows() -> None:
+    import msgpack
+
+    from topgun.protocol.messages import ChangeType, QueryUpdate
+    from topgun.server.handlers.query import UpdateFrames
+
+    def payload_first(msg: Any) -> bytes:  # the same fields, another order: no shared head
+        p = {"key": msg.key, "queryId": msg.query_id, "value": msg.value, "changeType": msg.change_type.value}
+        return bytes(msgpack.packb({"payload": p, "type": "QUERY_UPDATE"}))
+
+    def id_last(msg: Any) -> bytes:
+        p = {"key": msg.key, "value": msg.value, "changeType": msg.change_type.value, "queryId": msg.query_id}
+        return bytes(msgpack.packb({"type": "QUERY_UPDATE", "payload": p}))
+
+    def type_last(msg: Any) -> bytes:  # queryId still first in the payload: this one splices
+        p = {"queryId": msg.query_id, "key": msg.key, "value": msg.value, "changeType": msg.change_type.value}
+        return bytes(msgpack.packb({"payload": p, "type": "QUERY_UPDATE"}))
+
+    assert not UpdateFrames(payload_first).exact
+    assert not UpdateFrames(id_last).exact
+    frames = UpdateFrames(type_last)
+    assert frames.exact
+    msg = QueryUpdate(query_id="q7", key="k", value={"a": 1}, change_type=ChangeType.ENTER)
+    assert frames.head("q7") + frames.tail("k", {"a": 1}, ChangeType.ENTER) == type_last(msg)
