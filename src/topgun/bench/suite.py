@@ -172,10 +172,14 @@ def _progress(opts: Options, label: str) -> Callable[[float, float], None] | Non
     return lambda n, t: cb(label, n, t)
 
 
-def _fire_and_forget(opts: Options, storage: str) -> dict[str, Any]:
-    kind = storage_kind(storage)
-    ack = _ack_for(opts, kind)
-    c = opts.connections or 4
+def _run_writes(
+    opts: Options, storage: str, scenario: str, connections: int, extra: dict[str, Any]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Start a server on ``storage`` and run a write scenario's load processes against it.
+
+    ``connections`` are split over ``opts.procs`` processes; each gets ``extra`` on top of
+    the common arguments. Returns the processes' results and the server's statistics.
+    """
     run = secrets.token_hex(3)
     url, cleanup = _prepare_storage(storage, opts)
     try:
@@ -186,21 +190,30 @@ def _fire_and_forget(opts: Options, storage: str) -> dict[str, Any]:
                     "url": srv.url,
                     "token": token,
                     "connections": n,
-                    "batch": opts.batch,
-                    "keyspace": 10_000,
-                    "window": opts.window,
-                    "ack": ack,
                     "run": run,
                     "warmup": opts.warmup,
                     "duration": opts.duration,
+                    **extra,
                 }
-                for n in _split(c, opts.procs)
+                for n in _split(connections, opts.procs)
             ]
-            results, srv_stats = run_workers(
-                "fire-and-forget", args, srv, on_progress=_progress(opts, f"fire-and-forget {kind.value}")
-            )
+            label = f"{scenario} {storage_kind(storage).value}"
+            return run_workers(scenario, args, srv, on_progress=_progress(opts, label))
     finally:
         cleanup()
+
+
+def _fire_and_forget(opts: Options, storage: str) -> dict[str, Any]:
+    kind = storage_kind(storage)
+    ack = _ack_for(opts, kind)
+    c = opts.connections or 4
+    results, srv_stats = _run_writes(
+        opts,
+        storage,
+        "fire-and-forget",
+        c,
+        {"batch": opts.batch, "keyspace": 10_000, "window": opts.window, "ack": ack},
+    )
     ops = sum(r["ops"] for r in results)
     secs = max(r["seconds"] for r in results)
     ours = ops / secs
@@ -263,28 +276,7 @@ def _fire_and_wait(opts: Options, storage: str) -> dict[str, Any]:
     kind = storage_kind(storage)
     ack = _ack_for(opts, kind)
     c = opts.connections or 50
-    run = secrets.token_hex(3)
-    url, cleanup = _prepare_storage(storage, opts)
-    try:
-        with ServerProcess(url, url=opts.url, jwt_secret=opts.jwt_secret) as srv:
-            token = srv.token()
-            args = [
-                {
-                    "url": srv.url,
-                    "token": token,
-                    "connections": n,
-                    "ack": ack,
-                    "run": run,
-                    "warmup": opts.warmup,
-                    "duration": opts.duration,
-                }
-                for n in _split(c, opts.procs)
-            ]
-            results, srv_stats = run_workers(
-                "fire-and-wait", args, srv, on_progress=_progress(opts, f"fire-and-wait {kind.value}")
-            )
-    finally:
-        cleanup()
+    results, srv_stats = _run_writes(opts, storage, "fire-and-wait", c, {"ack": ack})
     hist = Histogram()
     for x in results:
         hist.merge(Histogram.from_json(x["latency"]))
