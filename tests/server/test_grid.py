@@ -249,3 +249,21 @@ async def test_or_tag_reused_under_another_key_moves_and_persists_once(storage_u
             assert orm is not None and orm.get("a") == [] and orm.get("b") == [2] and orm.root_hash == root
         finally:
             await close_grid(grid)
+
+
+async def test_commit_observer_times_every_commit_and_keeps_the_storage_concurrency(storage_url: str) -> None:
+    seen: list[float] = []
+    storage = open_storage(storage_url)
+    await storage.open()
+    grid = Grid(storage, wall_clock=Clock(), commit_observer=seen.append)
+    await grid.start()
+    try:
+        assert grid.committer is not None
+        # The timing wrapper must not hide a backend's overlapping transactions.
+        assert grid.committer.concurrency == max(1, getattr(storage, "write_concurrency", 1))
+        result = grid.apply([Change.put("m", "k", rec(1, WALL))], SERVER_ORIGIN)
+        assert result.commit is not None
+        await result.commit
+        assert seen and all(s >= 0 for s in seen)
+    finally:
+        await close_grid(grid)

@@ -182,6 +182,10 @@ class _TimedStorage:
     def kind(self) -> StorageKind:
         return self._inner.kind
 
+    @property
+    def write_concurrency(self) -> int:
+        return int(getattr(self._inner, "write_concurrency", 1))
+
     async def open(self) -> None:
         await self._inner.open()
 

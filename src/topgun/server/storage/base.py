@@ -462,6 +462,13 @@ class Storage(Protocol):
     transaction (all or nothing) and returns only after it is durable;
     concurrent ``write`` calls are applied one after the other, in call order.
     Every failure is raised as :class:`topgun.errors.StorageError`.
+
+    Optional: a backend whose transactions may overlap declares an ``int``
+    attribute ``write_concurrency`` above 1 (PostgreSQL: 2). The group committer
+    then keeps up to that many ``write`` calls in flight, but only for batches
+    that share no row with any uncommitted earlier batch (see
+    :func:`topgun.server.persistence.batches_overlap`), so the outcome is still
+    that of call order. Without the attribute, one call at a time.
     """
 
     @property
