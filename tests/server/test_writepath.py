@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from support.clocks import Wall
 from topgun.core.records import LWWRecord, Timestamp
-from topgun.protocol.messages import ClientOp, InvalidOp, OpResult, OpType, WriteConcern
+from topgun.protocol import codec
+from topgun.protocol.messages import ClientOp, InvalidOp, OpAck, OpResult, OpType, WriteConcern
 from topgun.server.changes import APPLIED, UNCHANGED, Change, ChangeKind, OutcomeStatus
 from topgun.server.storage.base import WriteBatch
 
@@ -224,14 +225,25 @@ def test_plain_changes_refuses_other_ops(twin: Any, odd: Any) -> None:
     assert twin.writepath.plain_changes([*_ops(3), odd], None) is None
 
 
-def test_ok_results(pure: Any, compiled: Any) -> None:
-    ops = _ops(7)
-    got = compiled.writepath.ok_results(ops, WriteConcern.PERSISTED)
-    assert got == pure.writepath.ok_results(ops, WriteConcern.PERSISTED)
-    results, last_id = got
-    assert last_id == "op-5"
-    assert results == [
-        OpResult(op_id=op.id, success=True, achieved_level=WriteConcern.PERSISTED) for op in ops if op.id
-    ]
-    assert all(type(r) is OpResult for r in results)
-    assert pure.writepath.ok_results(_ops(1), WriteConcern.APPLIED) == ([], "0")
+@pytest.mark.parametrize("n", [0, 1, 7, 15, 16, 40, 70_000])
+@pytest.mark.parametrize(
+    "level", [WriteConcern.APPLIED, WriteConcern.PERSISTED, WriteConcern.FIRE_AND_FORGET]
+)
+def test_ok_ack_frame(pure: Any, compiled: Any, n: int, level: WriteConcern) -> None:
+    ops = _ops(n)
+    if n == 40:  # ids of every msgpack str width, non-ASCII included
+        ops = [ClientOp(**{**_fields(op), "id": "é" * i + "x" * (i * 9)}) for i, op in enumerate(ops)]
+    got = compiled.writepath.ok_ack_frame(ops, level)
+    assert got == pure.writepath.ok_ack_frame(ops, level)
+    with_id = [op for op in ops if op.id is not None]
+    want = OpAck(
+        last_id=with_id[-1].id if with_id else "0",
+        achieved_level=level,
+        results=[OpResult(op_id=op.id, success=True, achieved_level=level) for op in with_id],
+    )
+    assert got == codec.encode(want)
+    assert codec.decode(got, codec.Limits(max_frame_bytes=1 << 24)) == want
+
+
+def _fields(op: ClientOp) -> dict[str, Any]:
+    return {f: getattr(op, f) for f in ("id", "map_name", "key", "op_type", "record", "write_concern")}

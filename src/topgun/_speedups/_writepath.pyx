@@ -16,6 +16,7 @@ from cpython.tuple cimport PyTuple_Check, PyTuple_GET_SIZE, PyTuple_GET_ITEM
 
 from libc.stdint cimport uint32_t
 from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy
 
 from topgun._speedups._hashing cimport c_item_hash
 from topgun._speedups._hlc cimport HLC, ts_cmp
@@ -23,13 +24,16 @@ from topgun._speedups._lww cimport LWWMap
 from topgun._speedups._merkle cimport MerkleTree
 
 from topgun.errors import StorageError
-from topgun.protocol.messages import ClientOp, OpResult, OpType, WriteConcern
+from topgun.protocol.messages import ClientOp, OpType, WriteConcern
 from topgun.server import _writepath_py
 from topgun.server.changes import APPLIED, UNCHANGED, Change, ChangeKind, Outcome, OutcomeStatus, drift_outcome
 from topgun.server.storage.base import encode_value
 
 cdef extern from "Python.h":
     long long PyLong_AsLongLongAndOverflow(object, int*) except? -1
+    const char* PyUnicode_AsUTF8AndSize(object, Py_ssize_t*) except NULL
+    object PyBytes_FromStringAndSize(const char*, Py_ssize_t)
+    char* PyBytes_AS_STRING(object)
     ctypedef struct PyTypeObject:
         pass
     ctypedef struct PyMemberDef:
@@ -40,7 +44,7 @@ cdef extern from "Python.h":
         PyMemberDef* d_member
     PyObject* PyType_GenericAlloc(PyTypeObject*, Py_ssize_t) except NULL
 
-__all__ = ["apply_lww_run", "ok_results", "plain_changes"]
+__all__ = ["apply_lww_run", "ok_ack_frame", "plain_changes"]
 
 cdef object _py_run = _writepath_py.apply_lww_run
 cdef object _py_one = _writepath_py.apply_one
@@ -260,64 +264,10 @@ def apply_lww_run(lww, hlc, batch, changes, Py_ssize_t start, long long wall,
     return i
 
 
-# OpResult is a slotted dataclass: its fields live at fixed offsets, written here directly
-# (its frozen __setattr__ costs more than the rest of building an ack). Any other layout
-# (a future change of the class) falls back to the pure builder.
-_RESULT_FIELDS = ("op_id", "success", "achieved_level", "error")
-cdef Py_ssize_t _res_off[4]
-cdef bint _res_fast = False
-cdef PyTypeObject* _RES_T = <PyTypeObject*>OpResult
-cdef object _py_ok_results = _writepath_py.ok_results
-
-
-cdef void _init_result_offsets():
-    global _res_fast
-    member_type = type(OpResult.__dict__["op_id"])
-    for i, name in enumerate(_RESULT_FIELDS):
-        d = OpResult.__dict__.get(name)
-        if d is None or type(d) is not member_type:
-            return
-        _res_off[i] = (<PyMemberDescrObject*>d).d_member.offset
-    if tuple(OpResult.__slots__) != _RESULT_FIELDS:
-        return
-    _res_fast = True
-
-
-_init_result_offsets()
-
-
-cdef inline void _set_slot(PyObject* o, Py_ssize_t off, object value):
-    Py_INCREF(value)
-    (<PyObject**>((<char*>o) + off))[0] = <PyObject*>value
-
-
-def ok_results(ops, achieved):
-    """``OP_ACK`` results of an all-accepted batch and its ``lastId`` (see the pure twin)."""
-    cdef list results = []
-    cdef object op_id, res
-    cdef object last_id = "0"
-    cdef PyObject* o
-    if not _res_fast:
-        return _py_ok_results(ops, achieved)
-    for op in ops:
-        op_id = op.id
-        if op_id is None:
-            continue
-        last_id = op_id
-        o = PyType_GenericAlloc(_RES_T, 0)
-        _set_slot(o, _res_off[0], op_id)
-        _set_slot(o, _res_off[1], True)
-        _set_slot(o, _res_off[2], achieved)
-        _set_slot(o, _res_off[3], None)
-        res = <object>o
-        Py_DECREF(res)  # take over the reference tp_alloc returned
-        results.append(res)
-    return results, last_id
-
-
 # ClientOp is slotted too: the fields read per op, by offset (same fallback rule).
 _OP_FIELDS = ("map_name", "key", "op_type", "record", "write_concern")
 cdef Py_ssize_t _op_off[5]
+cdef Py_ssize_t _id_off = 0
 cdef bint _op_fast = False
 cdef type _ClientOp = ClientOp
 cdef object _OP_PUT = OpType.PUT
@@ -327,13 +277,17 @@ cdef object _py_plain_changes = _writepath_py.plain_changes
 
 
 cdef void _init_op_offsets():
-    global _op_fast
+    global _op_fast, _id_off
     member_type = type(ClientOp.__dict__["key"])
     for i, name in enumerate(_OP_FIELDS):
         d = ClientOp.__dict__.get(name)
         if d is None or type(d) is not member_type:
             return
         _op_off[i] = (<PyMemberDescrObject*>d).d_member.offset
+    d = ClientOp.__dict__.get("id")
+    if d is None or type(d) is not member_type:
+        return
+    _id_off = (<PyMemberDescrObject*>d).d_member.offset
     _op_fast = True
 
 
@@ -377,3 +331,111 @@ def plain_changes(ops, requested):
         changes.append(_tuple_new(_Change, (name, _slot(op, _op_off[1]), _PUT if t is _OP_PUT else _REMOVE,
                                             record, None, None, None, True, None)))
     return changes, maps, requested
+
+
+# --------------------------------------------------------------------------- OP_ACK of an all-accepted batch
+# The codec's layout of OpAck(lastId, achievedLevel, results=[{opId, success, achievedLevel}]),
+# written straight from the ops: no OpResult objects. Equal bytes are a tested contract.
+cdef bytes _ACK_HEAD = b"\x82\xa4type\xa6OP_ACK\xa7payload\x83\xa6lastId"
+cdef bytes _ACK_LEVEL = b"\xadachievedLevel"
+cdef bytes _ACK_RESULTS = b"\xa7results"
+cdef bytes _RES_HEAD = b"\x83\xa4opId"
+cdef bytes _RES_SUCCESS = b"\xa7success\xc3\xadachievedLevel"
+cdef object _py_ok_ack_frame = _writepath_py.ok_ack_frame
+cdef dict _LEVEL_NAMES = {wc: wc.value for wc in WriteConcern}
+
+
+cdef inline Py_ssize_t _str_hdr_len(Py_ssize_t n) noexcept:
+    return 1 if n < 32 else (2 if n < 256 else (3 if n < 65536 else 5))
+
+
+cdef inline char* _put_bytes(char* p, bytes b) noexcept:
+    cdef Py_ssize_t n = len(b)
+    memcpy(p, PyBytes_AS_STRING(b), n)
+    return p + n
+
+
+cdef inline char* _put_utf8(char* p, const char* u, Py_ssize_t n) noexcept:
+    if n < 32:
+        p[0] = <char>(0xA0 | n)
+        p += 1
+    elif n < 256:
+        p[0] = <char>0xD9
+        p[1] = <char>n
+        p += 2
+    elif n < 65536:
+        p[0] = <char>0xDA
+        p[1] = <char>(n >> 8)
+        p[2] = <char>(n & 0xFF)
+        p += 3
+    else:
+        p[0] = <char>0xDB
+        p[1] = <char>((n >> 24) & 0xFF)
+        p[2] = <char>((n >> 16) & 0xFF)
+        p[3] = <char>((n >> 8) & 0xFF)
+        p[4] = <char>(n & 0xFF)
+        p += 5
+    memcpy(p, u, n)
+    return p + n
+
+
+def ok_ack_frame(ops, achieved):
+    """The encoded ``OP_ACK`` of an all-accepted batch (see the pure twin)."""
+    cdef Py_ssize_t count = 0, total, n, lvl_n, last_n = 1, i
+    cdef const char* u
+    cdef const char* lvl
+    cdef const char* last_u = "0"
+    cdef object op_id, level_name, out
+    cdef char* p
+    cdef list ids = []
+    level_name = _LEVEL_NAMES.get(achieved)
+    if not _op_fast or level_name is None or type(ops) is not list:
+        return _py_ok_ack_frame(ops, achieved)
+    lvl = PyUnicode_AsUTF8AndSize(level_name, &lvl_n)
+    total = len(_ACK_HEAD) + len(_ACK_LEVEL) + _str_hdr_len(lvl_n) + lvl_n + len(_ACK_RESULTS)
+    for op in <list>ops:
+        if type(op) is not _ClientOp:
+            return _py_ok_ack_frame(ops, achieved)
+        op_id = _slot(op, _id_off)
+        if op_id is None:
+            continue
+        if type(op_id) is not str:
+            return _py_ok_ack_frame(ops, achieved)
+        u = PyUnicode_AsUTF8AndSize(op_id, &n)
+        ids.append(op_id)
+        count += 1
+        total += (len(_RES_HEAD) + _str_hdr_len(n) + n + len(_RES_SUCCESS) + _str_hdr_len(lvl_n) + lvl_n)
+        last_u = u
+        last_n = n
+    total += _str_hdr_len(last_n) + last_n
+    total += 1 if count < 16 else (3 if count < 65536 else 5)
+    out = PyBytes_FromStringAndSize(NULL, total)
+    p = PyBytes_AS_STRING(out)
+    p = _put_bytes(p, _ACK_HEAD)
+    p = _put_utf8(p, last_u, last_n)
+    p = _put_bytes(p, _ACK_LEVEL)
+    p = _put_utf8(p, lvl, lvl_n)
+    p = _put_bytes(p, _ACK_RESULTS)
+    if count < 16:
+        p[0] = <char>(0x90 | count)
+        p += 1
+    elif count < 65536:
+        p[0] = <char>0xDC
+        p[1] = <char>(count >> 8)
+        p[2] = <char>(count & 0xFF)
+        p += 3
+    else:
+        p[0] = <char>0xDD
+        p[1] = <char>((count >> 24) & 0xFF)
+        p[2] = <char>((count >> 16) & 0xFF)
+        p[3] = <char>((count >> 8) & 0xFF)
+        p[4] = <char>(count & 0xFF)
+        p += 5
+    for i in range(count):
+        u = PyUnicode_AsUTF8AndSize(<object>PyList_GET_ITEM(ids, i), &n)
+        p = _put_bytes(p, _RES_HEAD)
+        p = _put_utf8(p, u, n)
+        p = _put_bytes(p, _RES_SUCCESS)
+        p = _put_utf8(p, lvl, lvl_n)
+    assert p - PyBytes_AS_STRING(out) == total
+    return out

@@ -21,7 +21,8 @@ from typing import Any
 
 from topgun.core.records import Timestamp
 from topgun.errors import StorageError
-from topgun.protocol.messages import ClientOp, OpResult, OpType, WriteConcern
+from topgun.protocol import _codec_py
+from topgun.protocol.messages import ClientOp, OpAck, OpResult, OpType, WriteConcern
 from topgun.server.changes import (
     APPLIED,
     UNCHANGED,
@@ -33,7 +34,7 @@ from topgun.server.changes import (
 )
 from topgun.server.storage.base import WriteBatch
 
-__all__ = ["apply_lww_run", "apply_one", "ok_results", "plain_changes"]
+__all__ = ["apply_lww_run", "apply_one", "ok_ack_frame", "plain_changes"]
 
 _PUT = ChangeKind.PUT
 _REMOVE = ChangeKind.REMOVE
@@ -129,7 +130,7 @@ def apply_one(
     outcomes.append(APPLIED)
 
 
-def ok_results(ops: Sequence[Any], achieved: WriteConcern) -> tuple[list[OpResult], str]:
+def _ok_results(ops: Sequence[Any], achieved: WriteConcern) -> tuple[list[OpResult], str]:
     """``OP_ACK`` results of a batch whose every op was accepted, and its ``lastId``.
 
     One ``OpResult(op_id, success=True, achieved_level=achieved)`` per op that has
@@ -186,3 +187,13 @@ def plain_changes(
         kind = _PUT if t is _OP_PUT else _REMOVE
         changes.append(_tuple_new(Change, (name, op.key, kind, record, None, None, None, True, None)))
     return changes, maps, requested
+
+
+def ok_ack_frame(ops: Sequence[Any], achieved: WriteConcern) -> bytes:
+    """The encoded ``OP_ACK`` of a batch whose every op was accepted at ``achieved``.
+
+    Byte for byte the codec's encoding of ``OpAck(lastId, achieved, results)``
+    with one ``OpResult(op_id, success=True, achieved_level=achieved)`` per op that has an id.
+    """
+    results, last_id = _ok_results(ops, achieved)
+    return _codec_py.encode(OpAck(last_id=last_id, achieved_level=achieved, results=results))

@@ -48,7 +48,7 @@ from topgun.server.changes import (
     OutcomeStatus,
 )
 from topgun.server.interfaces import RequestContext
-from topgun.server.writepath import ok_results, plain_changes
+from topgun.server.writepath import ok_ack_frame, plain_changes
 
 if TYPE_CHECKING:
     from topgun.server.handlers import CoreServices
@@ -90,6 +90,14 @@ _RETRY_MAX_S = 2.0
 BACKLOG_HIGH_WATER = 200_000
 
 
+def _send(ctx: RequestContext, message: Any) -> None:
+    # Replies are typed messages or frames the write path encoded itself.
+    if type(message) is bytes:
+        ctx.send_frame(message)
+    else:
+        ctx.send(message)
+
+
 class AckQueue:
     """Per-connection FIFO of replies that wait for a commit future; sends them in order.
 
@@ -111,7 +119,7 @@ class AckQueue:
         items = self._items
         if not items and (future is None or (future.done() and not future.cancelled()
                                              and future.exception() is None)):
-            self._ctx.send(message)
+            _send(self._ctx, message)
             return
         items.append([future, message])
         if future is not None and len(items) == 1:
@@ -142,7 +150,7 @@ class AckQueue:
                     return
             items.popleft()
             self._retry_s = _RETRY_MIN_S
-            ctx.send(message)
+            _send(ctx, message)
 
     def _rearm(self) -> None:
         delay = self._retry_s
@@ -342,15 +350,16 @@ class WriteHandler:
             future = committer.sync_point()
         else:
             achieved = WriteConcern.APPLIED
+        ack: OpAck | bytes
         if accepted == n:
-            results, last_id = ok_results(ops, achieved)
+            ack = ok_ack_frame(ops, achieved)  # encoded already: no OpResult objects
         else:
             results, last_id = _mixed_results(ops, outcomes, achieved)
-        ack = OpAck(last_id=last_id, achieved_level=achieved, results=results)
+            ack = OpAck(last_id=last_id, achieved_level=achieved, results=results)
         queue: AckQueue | None = ctx.data.get(_ACKS_KEY)
         if queue is None:
             if future is None:
-                ctx.send(ack)
+                _send(ctx, ack)
                 return
             queue = ctx.data[_ACKS_KEY] = AckQueue(core, ctx)
         queue.push(future, ack)
