@@ -178,9 +178,12 @@ class QueryService:
     def on_changes(self, changes: Sequence[Change], origin: Origin) -> None:
         """Feed committed LWW changes to the engine and queue the resulting ``QUERY_UPDATE``s."""
         engine = self.engine
+        # Most writes go to maps nobody queries, and a batch writes one map or few: decide per
+        # distinct map first, so such a batch costs one set, not a step per change.
+        if not any(engine.watches(name) for name in {ch.map_name for ch in changes}):
+            return
         writer = origin.connection_id
         now = 0
-        # Most writes go to maps nobody queries; skip them without touching the engine.
         watched: dict[str, bool] = {}
         for ch in changes:
             kind = ch.kind
