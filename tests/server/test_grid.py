@@ -267,3 +267,27 @@ async def test_commit_observer_times_every_commit_and_keeps_the_storage_concurre
         assert seen and all(s >= 0 for s in seen)
     finally:
         await close_grid(grid)
+
+
+async def test_a_store_that_keeps_no_rows_gets_no_lww_rows_but_the_same_refusals() -> None:
+    clock = Clock()
+    private = await open_grid("memory://", clock)
+    named = await open_grid(f"memory://{uuid.uuid4().hex}", clock)
+    try:
+        changes = [
+            Change.put("m", "k", rec(1, WALL)),
+            Change.put("m", "nul\x00", rec(2, WALL)),
+            Change.put("m", "k", rec(3, WALL, 1)),
+        ]
+        results = [g.apply(changes, SERVER_ORIGIN) for g in (private, named)]
+        assert [o.code for o in results[0].outcomes] == [o.code for o in results[1].outcomes] == [0, 400, 0]
+        assert results[0].changes == results[1].changes
+        for g in (private, named):
+            lww = g.lww("m")
+            assert lww is not None and lww.get("k") == 3
+        assert private.committer is not None and named.committer is not None
+        # Only the map kind is staged for the private store (its first write), no row per write.
+        assert not private.committer.batch.lww and named.committer.batch.lww
+    finally:
+        await close_grid(private)
+        await close_grid(named)

@@ -35,9 +35,14 @@ def _state(twin: Any, preload: list[tuple[str, LWWRecord]]) -> tuple[Any, Any, W
 
 
 def _run(
-    twin: Any, preload: list[tuple[str, LWWRecord]], changes: list[Change], horizon: Timestamp | None
+    twin: Any,
+    preload: list[tuple[str, LWWRecord]],
+    changes: list[Change],
+    horizon: Timestamp | None,
+    keeps_rows: bool = True,
 ) -> Any:
     lww, hlc, batch = _state(twin, preload)
+    target = batch if keeps_rows else None
     outcomes: list[Any] = []
     effective: list[Change] = []
     ends = []
@@ -50,7 +55,7 @@ def _run(
                 i += 1
                 continue
             i = twin.writepath.apply_lww_run(
-                lww, hlc, batch, changes, i, WALL, DRIFT, horizon, outcomes, effective
+                lww, hlc, target, changes, i, WALL, DRIFT, horizon, outcomes, effective
             )
             ends.append(i)
     except OverflowError as exc:
@@ -146,9 +151,14 @@ horizons = st.one_of(
 
 
 @PROPS
-@given(preload=preloads, changes=changes_strategy(), horizon=horizons)
-def test_lww_runs_agree(pure: Any, compiled: Any, preload: Any, changes: list[Change], horizon: Any) -> None:
-    assert _run(compiled, preload, changes, horizon) == _run(pure, preload, changes, horizon)
+@given(preload=preloads, changes=changes_strategy(), horizon=horizons, keeps_rows=st.booleans())
+def test_lww_runs_agree(
+    pure: Any, compiled: Any, preload: Any, changes: list[Change], horizon: Any, keeps_rows: bool
+) -> None:
+    got = _run(compiled, preload, changes, horizon, keeps_rows)
+    assert got == _run(pure, preload, changes, horizon, keeps_rows)
+    if not keeps_rows:
+        assert got["rows"] == {} and got["recorded"] == 0
 
 
 def test_run_rules(twin: Any) -> None:
@@ -181,6 +191,11 @@ def test_run_rules(twin: Any) -> None:
     assert got["recorded"] == 3
     # A losing op still advances the clock past its timestamp (§3.2 step 1).
     assert got["clock"] > Timestamp(WALL, 6, "n1")
+    # A store that keeps no rows gets none, but what the others refuse is refused alike (the
+    # NUL key); only the value encoding is skipped.
+    unstaged = _run(twin, [("k", old)], changes, Timestamp(WALL - 5_000, 0, "n1"), keeps_rows=False)
+    assert unstaged["rows"] == {} and unstaged["outcomes"] == got["outcomes"]
+    assert unstaged["records"] == got["records"] and unstaged["root"] == got["root"]
 
 
 def _ops(n: int, wc: WriteConcern | None = None, **over: Any) -> list[Any]:

@@ -152,7 +152,7 @@ def apply_lww_run(lww, hlc, batch, changes, Py_ssize_t start, long long wall,
         return _py_run(lww, hlc, batch, changes, start, wall, max_drift, horizon, outcomes, effective)
     cmap = <LWWMap>lww
     lst = <list>changes
-    rows = batch.lww
+    rows = batch.lww if batch is not None else None
     if cmap._merkle is not None:
         tree = _MerkleBatch(cmap._merkle, PyList_GET_SIZE(lst) - start)
     run_name = lst[start].map_name
@@ -235,17 +235,19 @@ def apply_lww_run(lww, hlc, batch, changes, Py_ssize_t start, long long wall,
                         outcomes.append(_UNCHANGED)
                     continue
             value = <object>PyTuple_GET_ITEM(record, 0)
-            if value is None:
-                enc = None
-            else:
-                try:
-                    enc = _encode_value(value)
-                except _StorageError as exc:
-                    outcomes.append(_Outcome(_REJECTED, 400, str(exc)))
-                    continue
-            PyDict_SetItem(rows, (name, key), (enc, <object>PyTuple_GET_ITEM(ts, 0),
-                                               <object>PyTuple_GET_ITEM(ts, 1), node, ttl))
-            staged += 1
+            if rows is not None:
+                if value is None:
+                    enc = None
+                else:
+                    try:
+                        enc = _encode_value(value)
+                    except _StorageError as exc:
+                        outcomes.append(_Outcome(_REJECTED, 400, str(exc)))
+                        continue
+                PyDict_SetItem(rows, (name, key), (enc, <object>PyTuple_GET_ITEM(ts, 0),
+                                                   <object>PyTuple_GET_ITEM(ts, 1), node, ttl))
+                staged += 1
+            # else: a store that keeps no rows; the checks above are all it would refuse
             # Wins by construction (compared above); the map's own clock sees the timestamp.
             cmap._merge_data(<str>key, record, ts)
             if tree is not None:

@@ -32,7 +32,7 @@ from topgun.server.changes import (
     OutcomeStatus,
     drift_outcome,
 )
-from topgun.server.storage.base import WriteBatch
+from topgun.server.storage.base import WriteBatch, check_lww_row
 
 __all__ = ["apply_lww_run", "apply_one", "ok_ack_frame", "plain_changes"]
 
@@ -51,7 +51,7 @@ _object_setattr = object.__setattr__
 def apply_lww_run(
     lww: Any,
     hlc: Any,
-    batch: WriteBatch,
+    batch: WriteBatch | None,
     changes: Sequence[Change],
     start: int,
     wall: int,
@@ -66,9 +66,10 @@ def apply_lww_run(
     is that map's LWW-Map. Appends one :class:`Outcome` per change to
     ``outcomes`` and one effective :class:`Change` (with ``previous``) per
     applied change to ``effective``; stages every applied record into
-    ``batch``. ``wall`` is the server's wall clock (ms) read once for the
-    batch, ``horizon`` the map's prune horizon. Returns the index of the first
-    change after the run.
+    ``batch`` (``None``: the storage keeps no rows, so rows are only checked).
+    ``wall`` is the server's wall clock (ms) read once for the batch,
+    ``horizon`` the map's prune horizon. Returns the index of the first change
+    after the run.
     """
     name = changes[start].map_name
     n = len(changes)
@@ -85,7 +86,7 @@ def apply_lww_run(
 def apply_one(
     lww: Any,
     hlc: Any,
-    batch: WriteBatch,
+    batch: WriteBatch | None,
     ch: Change,
     wall: int,
     max_drift: int,
@@ -120,7 +121,10 @@ def apply_one(
             return
     try:
         # Stage first: a value storage cannot encode is refused before it touches memory.
-        batch.lww_put(name, key, record)
+        if batch is not None:
+            batch.lww_put(name, key, record)
+        else:
+            check_lww_row(name, key, record)
     except StorageError as exc:
         outcomes.append(Outcome(_REJECTED, 400, str(exc)))
         return

@@ -246,6 +246,8 @@ class Grid:
         self.loaded_fencing: dict[str, int] = {}
         #: ``True`` when the storage is durable (``PERSISTED`` is reachable)
         self.durable = storage.kind is not StorageKind.MEMORY
+        # A store that keeps no rows (private memory://) gets no LWW rows staged at all.
+        self._keeps_rows = bool(getattr(storage, "keeps_rows", True))
 
     # -- lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -389,8 +391,9 @@ class Grid:
                 lww = self._new_lww() if found is None else found
                 staged = len(effective)
                 horizon = self._horizons.get(name)
+                rows = batch if self._keeps_rows else None
                 hlc = self._hlc
-                i = apply_lww_run(lww, hlc, batch, todo, i, wall, max_drift, horizon, outcomes, effective)
+                i = apply_lww_run(lww, hlc, rows, todo, i, wall, max_drift, horizon, outcomes, effective)
                 if fresh and len(effective) > staged:
                     kinds[name] = _LWW_MAP
                     lwws[name] = lww

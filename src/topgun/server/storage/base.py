@@ -126,6 +126,18 @@ def _ttl(ttl_ms: int | None) -> int | None:
     return None if ttl_ms is None else _int64(ttl_ms, "ttl_ms")
 
 
+def check_lww_row(map_name: str, key: str, record: LWWRecord) -> None:
+    """Raise :class:`StorageError` when storage columns could not hold this LWW row.
+
+    The checks of :meth:`WriteBatch.lww_put`, in its order, except encoding the
+    value: for a store that keeps no rows, which still refuses what the others would.
+    """
+    if "\x00" in map_name or "\x00" in key:
+        raise _nul_error("map name or key")
+    _ts_row(record[1])
+    _ttl(record[2])
+
+
 # Row shapes held by a WriteBatch (values already encoded; ``None`` value = LWW tombstone).
 #: ``(value bytes or None, millis, counter, node_id, ttl_ms)``
 LWWRow = tuple["bytes | None", int, int, str, "int | None"]
@@ -462,6 +474,10 @@ class Storage(Protocol):
     transaction (all or nothing) and returns only after it is durable;
     concurrent ``write`` calls are applied one after the other, in call order.
     Every failure is raised as :class:`topgun.errors.StorageError`.
+
+    Optional: a backend that keeps no rows at all (a private ``memory://`` store,
+    whose ``load()`` is always empty) sets ``keeps_rows = False``; the grid then
+    stages no LWW rows for it (it still refuses rows the others could not hold).
 
     Optional: a backend whose transactions may overlap declares an ``int``
     attribute ``write_concurrency`` above 1 (PostgreSQL: 2). The group committer

@@ -52,6 +52,11 @@ class MemoryStorage:
         return StorageKind.MEMORY
 
     @property
+    def keeps_rows(self) -> bool:
+        """False for a private store: its ``write()`` discards every batch (see the module doc)."""
+        return bool(self.name)
+
+    @property
     def schema_version(self) -> int:
         """The schema version of the store (constant; present for parity with the SQL backends)."""
         return self._require().schema_version
