@@ -180,7 +180,10 @@ class QueryService:
         engine = self.engine
         # Most writes go to maps nobody queries, and a batch writes one map or few: decide per
         # distinct map first, so such a batch costs one set, not a step per change.
-        if not any(engine.watches(name) for name in {ch.map_name for ch in changes}):
+        if len(changes) == 1:
+            if not engine.watches(changes[0].map_name):
+                return
+        elif not any(engine.watches(name) for name in {ch.map_name for ch in changes}):
             return
         writer = origin.connection_id
         now = 0

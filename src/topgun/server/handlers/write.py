@@ -229,7 +229,12 @@ class WriteHandler:
             # no per-op bookkeeping.
             changes, maps, requested = plain
             core = self.core
-            if all(core.acl.can_write(ctx, name) for name in maps):
+            acl = core.acl
+            if len(maps) == 1:
+                permitted = acl.can_write(ctx, maps[0])
+            else:
+                permitted = all(acl.can_write(ctx, m) for m in maps)
+            if permitted:
                 for name in maps:
                     core.push.add_interest(ctx, name)
                 result = core.grid.apply(changes, Origin(_CLIENT, ctx.connection_id))
