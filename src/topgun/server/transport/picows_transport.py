@@ -42,6 +42,7 @@ log = logging.getLogger("topgun.transport")
 _ABORT_AFTER = 5.0
 
 _BINARY = WSMsgType.BINARY
+_NO_BOUND = 1 << 62
 _CONTINUATION = WSMsgType.CONTINUATION
 _TEXT = WSMsgType.TEXT
 _CLOSE_FRAME = WSMsgType.CLOSE
@@ -115,20 +116,12 @@ class _Outbox:
         self.out_bytes = 0
 
     def send(self, data: bytes) -> None:
-        if not self.accepting:
-            return
-        out = self.out
-        if out is None:
-            self.out = [data]
-            self.server._schedule_flush(self)
-        else:
-            out.append(data)
-        self.out_bytes += len(data)
-        if self.paused:
-            self.paused_frames += 1
+        # The session sends through send_bounded; this is the plain Connection method.
+        self.send_bounded(data, _NO_BOUND, _NO_BOUND)
 
     def send_bounded(self, data: bytes, max_bytes: int, max_frames: int) -> bool:
-        """:meth:`send`, then whether ``outbound_bytes() > max_bytes or outbound_frames() > max_frames``.
+        """Queue ``data`` for the flush, then whether ``outbound_bytes() > max_bytes or
+        outbound_frames() > max_frames``.
 
         The same answer as asking both after the send, without doing so for every frame: while the
         transport has not paused writing its buffer holds at most the high-water mark (it pauses
