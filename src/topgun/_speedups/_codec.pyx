@@ -26,17 +26,12 @@ from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
 from cpython.object cimport PyObject, PyTypeObject
 from cpython.ref cimport Py_INCREF, Py_DECREF
 
+from topgun._speedups._slots cimport PyType_GenericAlloc, member_offset
+
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object, Py_ssize_t*) except NULL
     Py_ssize_t PyUnicode_GET_LENGTH(object)
     Py_ssize_t PyUnicode_FindChar(object, Py_UCS4, Py_ssize_t, Py_ssize_t, int) except -2
-    ctypedef struct PyMemberDef:
-        const char* name
-        int type
-        Py_ssize_t offset
-    ctypedef struct PyMemberDescrObject:
-        PyMemberDef* d_member
-    PyObject* PyType_GenericAlloc(PyTypeObject*, Py_ssize_t) except NULL
     void PyTuple_SET_ITEM(PyObject*, Py_ssize_t, PyObject*)
     object PyUnicode_DecodeUTF8(const char*, Py_ssize_t, const char*)
     void PyUnicode_InternInPlace(PyObject**)
@@ -315,12 +310,10 @@ cdef bint _op_fast = False
 
 cdef void _init_op_offsets():
     global _op_fast
-    member_type = type(ClientOp.__dict__["id"])
     for i, name in enumerate(_OP_FIELDS):
-        d = ClientOp.__dict__.get(name)
-        if d is None or type(d) is not member_type:
+        _op_off[i] = member_offset(ClientOp, name)
+        if _op_off[i] < 0:
             return
-        _op_off[i] = (<PyMemberDescrObject*>d).d_member.offset
     if tuple(f for f in ClientOp.__slots__) != _OP_FIELDS:
         return
     _op_fast = True

@@ -22,6 +22,7 @@ from topgun._speedups._hashing cimport c_item_hash
 from topgun._speedups._hlc cimport HLC, ts_cmp
 from topgun._speedups._lww cimport LWWMap
 from topgun._speedups._merkle cimport MerkleTree
+from topgun._speedups._slots cimport member_offset
 
 from topgun.errors import StorageError
 from topgun.protocol.messages import ClientOp, OpType, WriteConcern
@@ -34,15 +35,6 @@ cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object, Py_ssize_t*) except NULL
     object PyBytes_FromStringAndSize(const char*, Py_ssize_t)
     char* PyBytes_AS_STRING(object)
-    ctypedef struct PyTypeObject:
-        pass
-    ctypedef struct PyMemberDef:
-        const char* name
-        int type
-        Py_ssize_t offset
-    ctypedef struct PyMemberDescrObject:
-        PyMemberDef* d_member
-    PyObject* PyType_GenericAlloc(PyTypeObject*, Py_ssize_t) except NULL
 
 __all__ = ["apply_lww_run", "ok_ack_frame", "plain_changes"]
 
@@ -280,17 +272,12 @@ cdef object _py_plain_changes = _writepath_py.plain_changes
 
 cdef void _init_op_offsets():
     global _op_fast, _id_off
-    member_type = type(ClientOp.__dict__["key"])
     for i, name in enumerate(_OP_FIELDS):
-        d = ClientOp.__dict__.get(name)
-        if d is None or type(d) is not member_type:
+        _op_off[i] = member_offset(ClientOp, name)
+        if _op_off[i] < 0:
             return
-        _op_off[i] = (<PyMemberDescrObject*>d).d_member.offset
-    d = ClientOp.__dict__.get("id")
-    if d is None or type(d) is not member_type:
-        return
-    _id_off = (<PyMemberDescrObject*>d).d_member.offset
-    _op_fast = True
+    _id_off = member_offset(ClientOp, "id")
+    _op_fast = _id_off >= 0
 
 
 _init_op_offsets()
@@ -357,26 +344,31 @@ cdef inline char* _put_bytes(char* p, bytes b) noexcept:
     return p + n
 
 
-cdef inline char* _put_utf8(char* p, const char* u, Py_ssize_t n) noexcept:
-    if n < 32:
-        p[0] = <char>(0xA0 | n)
-        p += 1
-    elif n < 256:
-        p[0] = <char>0xD9
+cdef inline char* _put_hdr(char* p, Py_ssize_t n, int fix, Py_ssize_t fix_max, int t8, int t16,
+                           int t32) noexcept:
+    """A MsgPack length header: fixed form below ``fix_max``, else 8 (``t8 >= 0``), 16 or 32 bits."""
+    if n < fix_max:
+        p[0] = <char>(fix | n)
+        return p + 1
+    if t8 >= 0 and n < 256:
+        p[0] = <char>t8
         p[1] = <char>n
-        p += 2
-    elif n < 65536:
-        p[0] = <char>0xDA
+        return p + 2
+    if n < 65536:
+        p[0] = <char>t16
         p[1] = <char>(n >> 8)
         p[2] = <char>(n & 0xFF)
-        p += 3
-    else:
-        p[0] = <char>0xDB
-        p[1] = <char>((n >> 24) & 0xFF)
-        p[2] = <char>((n >> 16) & 0xFF)
-        p[3] = <char>((n >> 8) & 0xFF)
-        p[4] = <char>(n & 0xFF)
-        p += 5
+        return p + 3
+    p[0] = <char>t32
+    p[1] = <char>((n >> 24) & 0xFF)
+    p[2] = <char>((n >> 16) & 0xFF)
+    p[3] = <char>((n >> 8) & 0xFF)
+    p[4] = <char>(n & 0xFF)
+    return p + 5
+
+
+cdef inline char* _put_utf8(char* p, const char* u, Py_ssize_t n) noexcept:
+    p = _put_hdr(p, n, 0xA0, 32, 0xD9, 0xDA, 0xDB)
     memcpy(p, u, n)
     return p + n
 
@@ -418,21 +410,7 @@ def ok_ack_frame(ops, achieved):
     p = _put_bytes(p, _ACK_LEVEL)
     p = _put_utf8(p, lvl, lvl_n)
     p = _put_bytes(p, _ACK_RESULTS)
-    if count < 16:
-        p[0] = <char>(0x90 | count)
-        p += 1
-    elif count < 65536:
-        p[0] = <char>0xDC
-        p[1] = <char>(count >> 8)
-        p[2] = <char>(count & 0xFF)
-        p += 3
-    else:
-        p[0] = <char>0xDD
-        p[1] = <char>((count >> 24) & 0xFF)
-        p[2] = <char>((count >> 16) & 0xFF)
-        p[3] = <char>((count >> 8) & 0xFF)
-        p[4] = <char>(count & 0xFF)
-        p += 5
+    p = _put_hdr(p, count, 0x90, 16, -1, 0xDC, 0xDD)
     for i in range(count):
         u = PyUnicode_AsUTF8AndSize(<object>PyList_GET_ITEM(ids, i), &n)
         p = _put_bytes(p, _RES_HEAD)
