@@ -6,11 +6,11 @@ import asyncio
 
 import pytest
 
-from support.stores import reload
+from support.stores import Wrapped, reload
 from topgun.core.records import LWWRecord, ORMapRecord, Timestamp
 from topgun.errors import StorageError
 from topgun.server.persistence import GroupCommitter, LatencyHistogram
-from topgun.server.storage import Snapshot, Storage, StorageKind, WriteBatch, open_storage
+from topgun.server.storage import Storage, WriteBatch, open_storage
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -19,7 +19,7 @@ def rec(value: object, i: int = 0) -> LWWRecord:
     return LWWRecord(value, Timestamp(1_700_000_000_000 + i, 0, "node-a"))
 
 
-class Gated:
+class Gated(Wrapped):
     """A real storage whose writes wait for ``gate`` and are recorded (sizes, order).
 
     Holding the gate closed keeps one transaction in flight, which is how a slow
@@ -34,21 +34,6 @@ class Gated:
         self.sizes: list[int] = []
         self.recorded: list[int] = []
 
-    @property
-    def kind(self) -> StorageKind:
-        return self.inner.kind
-
-    async def open(self) -> None:
-        await self.inner.open()
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-    async def ping(self) -> bool:
-        return await self.inner.ping()
-
-    async def load(self) -> Snapshot:
-        return await self.inner.load()
 
     async def write(self, batch: WriteBatch) -> None:
         self.started.set()

@@ -10,11 +10,11 @@ import asyncio
 
 import pytest
 
-from support.stores import reload
+from support.stores import Wrapped, reload
 from topgun.core.records import LWWRecord, Timestamp
 from topgun.errors import StorageError
 from topgun.server.persistence import GroupCommitter
-from topgun.server.storage import Snapshot, Storage, StorageKind, WriteBatch, open_storage
+from topgun.server.storage import Storage, WriteBatch, open_storage
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -23,7 +23,7 @@ def rec(value: object, i: int = 0) -> LWWRecord:
     return LWWRecord(value, Timestamp(1_700_000_000_000 + i, 0, "node-a"))
 
 
-class Pipelined:
+class Pipelined(Wrapped):
     """A real storage offered to the committer as one that takes two transactions at once.
 
     Every ``write`` call waits for a gate of its own (in call order, ``gates[i]``),
@@ -43,21 +43,6 @@ class Pipelined:
         self.fail_next = False
         self.changed = asyncio.Event()
 
-    @property
-    def kind(self) -> StorageKind:
-        return self.inner.kind
-
-    async def open(self) -> None:
-        await self.inner.open()
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-    async def ping(self) -> bool:
-        return await self.inner.ping()
-
-    async def load(self) -> Snapshot:
-        return await self.inner.load()
 
     async def write(self, batch: WriteBatch) -> None:
         gate = asyncio.Event()
