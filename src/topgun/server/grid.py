@@ -98,7 +98,6 @@ _PUT = ChangeKind.PUT
 _REMOVE = ChangeKind.REMOVE
 _OR_ADD = ChangeKind.OR_ADD
 _OR_REMOVE = ChangeKind.OR_REMOVE
-_tuple_new = tuple.__new__
 _LWW_MAP = MapKind.LWW
 _OR_MAP = MapKind.OR
 _APPLIED = APPLIED
@@ -395,9 +394,7 @@ class Grid:
                 hlc = self._hlc
                 i = apply_lww_run(lww, hlc, rows, todo, i, wall, max_drift, horizon, outcomes, effective)
                 if fresh and len(effective) > staged:
-                    kinds[name] = _LWW_MAP
-                    lwws[name] = lww
-                    batch.set_map_kind(name, _LWW_MAP)
+                    self._register(name, lww, batch)
                 continue
             if kind is _OR_ADD:
                 outcomes.append(self._apply_or_add(ch, have, wall, max_drift, batch, effective))
@@ -413,14 +410,20 @@ class Grid:
                     log.exception("change listener %r failed", listener)
         return ApplyResult(outcomes, effective, commit)
 
-    def _ensure_kind(self, name: str, want: MapKind, have: MapKind | None, batch: WriteBatch) -> None:
+    def _register(self, name: str, m: LWWMap | ORMap, batch: WriteBatch) -> None:
+        """Make ``m`` the map called ``name``: its kind is fixed from now on (and stored)."""
+        if isinstance(m, LWWMap):
+            kind = _LWW_MAP
+            self._lww[name] = m
+        else:
+            kind = _OR_MAP
+            self._or[name] = m
+        self._kinds[name] = kind
+        batch.set_map_kind(name, kind)
+
+    def _ensure_or(self, name: str, have: MapKind | None, batch: WriteBatch) -> None:
         if have is None:
-            self._kinds[name] = want
-            batch.set_map_kind(name, want)
-            if want is MapKind.LWW:
-                self._lww[name] = self._new_lww()
-            else:
-                self._or[name] = self._new_or()
+            self._register(name, self._new_or(), batch)
 
     def _apply_or_add(
         self,
@@ -446,7 +449,7 @@ class Grid:
                 return Outcome(
                     OutcomeStatus.REJECTED, 409, f"add is older than the retention horizon {horizon}"
                 )
-        self._ensure_kind(name, MapKind.OR, have, batch)
+        self._ensure_or(name, have, batch)
         if orm is None:
             orm = self._or[name]
         if orm.is_tombstoned(record.tag):
@@ -482,7 +485,7 @@ class Grid:
         if ts is not None and ts[0] - wall > max_drift:
             return drift_outcome(ts[0], wall)
         name = ch.map_name
-        self._ensure_kind(name, MapKind.OR, have, batch)
+        self._ensure_or(name, have, batch)
         orm = self._or[name]
         if ts is not None:
             self._hlc.update(ts)

@@ -16,7 +16,6 @@ connection's later messages.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections import deque
 from collections.abc import Awaitable
@@ -71,18 +70,13 @@ _REMOVE = ChangeKind.REMOVE
 _OR_ADD = ChangeKind.OR_ADD
 _APPLIED = APPLIED
 _UNCHANGED = UNCHANGED
-_OP_PUT = OpType.PUT
-_OP_REMOVE = OpType.REMOVE
 # Enum properties (``.rank``, ``.value``, rich comparisons) are Python calls: looked up once here.
 _WC_RANK = {wc: wc.rank for wc in WriteConcern}
 _APPLIED_RANK = WriteConcern.APPLIED.rank
 _OP_NAMES = {t: t.value for t in OpType}
-# Per-op objects built without their Python-level constructors (same fields, in declaration order,
-# checked in grid.py for Change): each constructor call cost as much as the rest of the op's loop step.
+# Changes built without the NamedTuple's Python-level constructor (all nine fields, in declaration
+# order, checked in server/changes.py): the constructor cost as much as the rest of the op's step.
 _tuple_new = tuple.__new__
-_object_new = object.__new__
-_object_setattr = object.__setattr__
-assert tuple(f.name for f in dataclasses.fields(OpResult)) == ("op_id", "success", "achieved_level", "error")
 _RETRY_MIN_S = 0.05
 _RETRY_MAX_S = 2.0
 #: Uncommitted rows above which a writing connection waits for the backlog to commit before its
