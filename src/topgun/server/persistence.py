@@ -45,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import enum
 import logging
 import time
 from collections import deque
@@ -53,9 +54,9 @@ from typing import Any
 
 from topgun.errors import StorageError
 
-from .storage.base import Storage, WriteBatch
+from .storage.base import Storage, WriteBatch, batches_overlap
 
-__all__ = ["CommitStats", "GroupCommitter", "LatencyHistogram", "batches_overlap"]
+__all__ = ["CommitStats", "GroupCommitter", "LatencyHistogram"]
 
 log = logging.getLogger("topgun.persistence")
 
@@ -150,9 +151,18 @@ class CommitStats:
         }
 
 
-_QUEUED = 0
-_RUNNING = 1
-_COMMITTED = 2
+class _State(enum.Enum):
+    """Where a sealed batch is: waiting to start (or for its retry), being written, committed."""
+
+    QUEUED = 0
+    RUNNING = 1
+    COMMITTED = 2
+
+
+# Module-level aliases: enum attribute access goes through a descriptor.
+_QUEUED = _State.QUEUED
+_RUNNING = _State.RUNNING
+_COMMITTED = _State.COMMITTED
 
 
 class _Pending:
@@ -167,24 +177,6 @@ class _Pending:
         self.state = _QUEUED
         #: a write of this batch failed and it has not committed since
         self.failed = False
-
-
-def batches_overlap(a: WriteBatch, b: WriteBatch) -> bool:
-    """Whether two batches must not be written at the same time.
-
-    ``False`` only when both hold nothing but LWW rows and map kinds and share no row: then
-    the order in which their transactions commit cannot change what is stored.
-    """
-    # Every other kind of row (OR records and tombstones, horizons, counters...) goes through the
-    # storage one transaction at a time, so what a crash can leave of them stays a prefix of the
-    # batches.
-    if a.or_records or a.or_tombstones or a.horizons or a.counters or a.fencing or a.meta:
-        return True
-    if b.or_records or b.or_tombstones or b.horizons or b.counters or b.fencing or b.meta:
-        return True
-    return not (
-        a.lww.keys().isdisjoint(b.lww.keys()) and a.map_kinds.keys().isdisjoint(b.map_kinds.keys())
-    )
 
 
 def _consume(fut: asyncio.Future[None]) -> None:

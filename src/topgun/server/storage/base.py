@@ -43,6 +43,8 @@ __all__ = [
     "Storage",
     "StorageKind",
     "WriteBatch",
+    "batches_overlap",
+    "check_lww_row",
     "decode_value",
     "encode_value",
 ]
@@ -314,17 +316,6 @@ class WriteBatch:
             or bool(self.meta)
         )
 
-    def lww_split(self) -> tuple[list[tuple[str, str, LWWRow]], list[tuple[str, str]]]:
-        """``(upserts, deletes)`` of LWW rows: upserts as ``(map, key, row)``."""
-        ups: list[tuple[str, str, LWWRow]] = []
-        dels: list[tuple[str, str]] = []
-        for (m, k), row in self.lww.items():
-            if row is None:
-                dels.append((m, k))
-            else:
-                ups.append((m, k, row))
-        return ups, dels
-
     def or_split(self) -> tuple[list[tuple[str, str, str, ORRow]], list[tuple[str, str, str]]]:
         """``(upserts, deletes)`` of OR records: upserts as ``(map, key, tag, row)``."""
         ups: list[tuple[str, str, str, ORRow]] = []
@@ -349,6 +340,24 @@ class WriteBatch:
 
     def __repr__(self) -> str:
         return f"WriteBatch(rows={len(self)}, recorded={self.recorded})"
+
+
+def batches_overlap(a: WriteBatch, b: WriteBatch) -> bool:
+    """Whether two batches must not be written at the same time.
+
+    ``False`` only when both hold nothing but LWW rows and map kinds and share no row: then
+    the order in which their transactions commit cannot change what is stored.
+    """
+    # Every other kind of row (OR records and tombstones, horizons, counters...) goes through the
+    # storage one transaction at a time, so what a crash can leave of them stays a prefix of the
+    # batches.
+    if a.or_records or a.or_tombstones or a.horizons or a.counters or a.fencing or a.meta:
+        return True
+    if b.or_records or b.or_tombstones or b.horizons or b.counters or b.fencing or b.meta:
+        return True
+    return not (
+        a.lww.keys().isdisjoint(b.lww.keys()) and a.map_kinds.keys().isdisjoint(b.map_kinds.keys())
+    )
 
 
 @dataclass
@@ -483,7 +492,7 @@ class Storage(Protocol):
     attribute ``write_concurrency`` above 1 (PostgreSQL: 2). The group committer
     then keeps up to that many ``write`` calls in flight, but only for batches
     that share no row with any uncommitted earlier batch (see
-    :func:`topgun.server.persistence.batches_overlap`), so the outcome is still
+    :func:`batches_overlap`), so the outcome is still
     that of call order. Without the attribute, one call at a time.
     """
 

@@ -36,8 +36,7 @@ from typing import Any
 
 from topgun.errors import ConfigError, StorageError
 
-from ..persistence import batches_overlap
-from .base import SCHEMA_VERSION, Snapshot, SnapshotBuilder, StorageKind, WriteBatch
+from .base import SCHEMA_VERSION, Snapshot, SnapshotBuilder, StorageKind, WriteBatch, batches_overlap
 
 __all__ = ["PostgresStorage", "import_asyncpg", "migrations"]
 
@@ -335,7 +334,7 @@ class PostgresStorage:
         """Apply ``batch`` in one transaction.
 
         Up to :attr:`write_concurrency` calls run at the same time, each on a writer connection of
-        its own, when their batches do not :func:`overlap <topgun.server.persistence.batches_overlap>`
+        its own, when their batches do not :func:`overlap <topgun.server.storage.base.batches_overlap>`
         (only LWW rows and map kinds, no row in common); any other call waits for the calls before
         it. The result is always that of the calls applied one after the other, in call order.
         """
