@@ -44,8 +44,6 @@ _tuple_new = tuple.__new__
 _OP_PUT = OpType.PUT
 _OP_REMOVE = OpType.REMOVE
 _RANK = {wc: wc.rank for wc in WriteConcern}
-_object_new = object.__new__
-_object_setattr = object.__setattr__
 
 
 def apply_lww_run(
@@ -134,30 +132,6 @@ def apply_one(
     outcomes.append(APPLIED)
 
 
-def _ok_results(ops: Sequence[Any], achieved: WriteConcern) -> tuple[list[OpResult], str]:
-    """``OP_ACK`` results of a batch whose every op was accepted, and its ``lastId``.
-
-    One ``OpResult(op_id, success=True, achieved_level=achieved)`` per op that has
-    an id, in order; ``lastId`` is the last of those ids, ``"0"`` when none has one.
-    """
-    results: list[OpResult] = []
-    last_id = "0"
-    for op in ops:
-        op_id = op.id
-        if op_id is None:
-            continue
-        last_id = op_id
-        # OpResult(op_id=op_id, success=True, achieved_level=achieved), minus the frozen
-        # dataclass __init__ (which costs more than the rest of the loop step).
-        res = _object_new(OpResult)
-        _object_setattr(res, "op_id", op_id)
-        _object_setattr(res, "success", True)
-        _object_setattr(res, "achieved_level", achieved)
-        _object_setattr(res, "error", None)
-        results.append(res)
-    return results, last_id
-
-
 def plain_changes(
     ops: Sequence[Any], requested: WriteConcern | None
 ) -> tuple[list[Change], list[str], WriteConcern | None] | None:
@@ -199,5 +173,7 @@ def ok_ack_frame(ops: Sequence[Any], achieved: WriteConcern) -> bytes:
     Byte for byte the codec's encoding of ``OpAck(lastId, achieved, results)``
     with one ``OpResult(op_id, success=True, achieved_level=achieved)`` per op that has an id.
     """
-    results, last_id = _ok_results(ops, achieved)
+    with_id = [op.id for op in ops if op.id is not None]
+    results = [OpResult(op_id=op_id, success=True, achieved_level=achieved) for op_id in with_id]
+    last_id = with_id[-1] if with_id else "0"
     return _codec_py.encode(OpAck(last_id=last_id, achieved_level=achieved, results=results))
