@@ -82,6 +82,12 @@ class Counter(_Metric):
         """Current value of one series (0 when never incremented)."""
         return self._values.get(labels, 0)
 
+    @property
+    def series(self) -> dict[LabelValues, int | float]:
+        """The live ``label values -> value`` mapping: a per-message path adds to it inline
+        (``series[key] = series.get(key, 0) + 1``) instead of paying for a call to :meth:`inc`."""
+        return self._values
+
     def render(self) -> list[str]:
         lines = self._header()
         if not self._values and not self.labelnames:

@@ -109,6 +109,9 @@ class SessionState(str, enum.Enum):
 
 # Looking a member up on an Enum class costs ~60 ns; sends test for it once per frame.
 _CLOSED = SessionState.CLOSED
+_OPEN = SessionState.OPEN
+# Series keys of messages_received, built once.
+_RECEIVED_KEY: dict[MessageType, tuple[str]] = {m: (m.value,) for m in MessageType}
 
 
 def _wall_millis() -> int:
@@ -120,6 +123,8 @@ class ProcessorRegistry:
 
     def __init__(self) -> None:
         self._handlers: dict[str, _HandleFn] = {}
+        #: the same handlers keyed by kind: what a session looks up per message
+        self.by_kind: dict[MessageType, _HandleFn] = {}
         self._processors: dict[str, Processor | _HandleFn] = {}
         self.cleanup_hooks: list[CleanupHook] = []
         self.open_hooks: list[OpenHook] = []
@@ -138,12 +143,14 @@ class ProcessorRegistry:
         if not callable(fn):
             raise ConfigError(f"processor for {name} has no handle(ctx, msg) and is not callable")
         self._handlers[name] = fn  # type: ignore[assignment]
+        self.by_kind[MessageType(name)] = fn  # type: ignore[assignment]
         self._processors[name] = processor
 
     def unregister(self, kind: MessageType | str) -> None:
         """Remove the processor of ``kind`` (its messages are then answered with ``ERROR`` 501)."""
         name = MessageType(kind).value
         self._handlers.pop(name, None)
+        self.by_kind.pop(MessageType(name), None)
         self._processors.pop(name, None)
 
     def get(self, kind: MessageType | str) -> Processor | _HandleFn | None:
@@ -189,6 +196,8 @@ class SessionHub:
         self.authenticator = authenticator
         self.processors = processors if processors is not None else ProcessorRegistry()
         self.metrics = metrics if metrics is not None else ServerMetrics()
+        #: ``messages_received`` series, counted into inline per message
+        self.received = self.metrics.messages_received.series
         self.devices = devices if devices is not None else DeviceRegistry()
         self.codec = codec
         limits_cls = getattr(codec, "Limits", None)
@@ -202,6 +211,7 @@ class SessionHub:
             else None
         )
         self.clock = clock
+        self.decode: Callable[..., Any] = codec.decode
         self.sessions: dict[int, Session] = {}
         self._background: set[asyncio.Future[Any]] = set()
 
@@ -404,25 +414,43 @@ class Session:
     # -- inbound ---------------------------------------------------------------------------
     def on_message(self, data: bytes) -> None:
         """One complete binary message from the transport."""
-        if self.state is SessionState.CLOSED:
+        state = self.state
+        if state is _CLOSED:
             return
-        codec = self.hub.codec
+        hub = self.hub
         try:
-            msg = codec.decode(data, self.hub.limits)
-        except UnsupportedMessageTypeError as exc:
-            self._on_undecodable(exc, exc.type_name)
+            msg = hub.decode(data, hub.limits)
+        except Exception as exc:
+            self._on_decode_error(exc)
             return
-        except UnknownMessageTypeError as exc:
+        if state is _OPEN and self._task is None:
+            # The common case, decided in one step: an open connection with nothing queued and a
+            # kind that has a processor (the session's own kinds never have one), so none of the
+            # handshake, PING, BATCH or queueing branches of _on_decoded can apply.
+            kind = msg.TYPE
+            handler = hub.processors.by_kind.get(kind)
+            if handler is not None:
+                received = hub.received
+                key = _RECEIVED_KEY[kind]
+                received[key] = received.get(key, 0) + 1
+                try:
+                    result = handler(self, msg)
+                except Exception as exc:
+                    self._report_failure(_WIRE_NAME[kind], exc)
+                    return
+                if result is not None and inspect.isawaitable(result):
+                    self._task = asyncio.ensure_future(self._run_queue(result))
+                return
+        self._on_decoded(msg, len(data))
+
+    def _on_decode_error(self, exc: Exception) -> None:
+        if isinstance(exc, (UnsupportedMessageTypeError, UnknownMessageTypeError)):
             self._on_undecodable(exc, exc.type_name)
-            return
-        except ProtocolError as exc:
+        elif isinstance(exc, ProtocolError):
             self._on_undecodable(exc, None)
-            return
-        except Exception as exc:  # a codec bug must not take the connection down
+        else:  # a codec bug must not take the connection down
             log.debug("connection %d: frame could not be decoded: %r", self.connection_id, exc)
             self._on_undecodable(ProtocolError(f"malformed message: {exc}"), None)
-            return
-        self._on_decoded(msg, len(data))
 
     def _on_undecodable(self, exc: ProtocolError, type_name: str | None) -> None:
         if self.state is not SessionState.OPEN:
@@ -443,7 +471,9 @@ class Session:
 
     def _on_decoded(self, msg: Any, size: int) -> None:
         kind: MessageType = msg.TYPE
-        self.hub.metrics.messages_received.inc(_WIRE_NAME[kind])
+        received = self.hub.received
+        key = _RECEIVED_KEY[kind]
+        received[key] = received.get(key, 0) + 1
         if self.state is SessionState.AWAIT_AUTH:
             if kind is MessageType.AUTH:
                 self._handle_auth_jwt(msg)
