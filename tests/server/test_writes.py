@@ -321,6 +321,17 @@ async def test_write_permissions_from_the_map_acl() -> None:
         assert (await editor.recv())["payload"]["results"][0]["success"] is True
         ev = await plain.recv()
         assert ev["payload"]["record"]["value"] == "by-editor"
+        # A map once written is remembered per connection; a refused one never is.
+        await plain.send(batch(put("4", "notes", "k", 2, t + 1)))
+        assert (await plain.recv())["payload"]["results"][0]["success"] is True
+        await plain.send(batch(put("5", "notes", "k", 3, t + 2), put("6", "catalog", "k", 3, t + 2)))
+        frames = await recv_until(plain, "OP_ACK")
+        assert [
+            (f["payload"]["opId"], f["payload"]["code"]) for f in frames if f["type"] == "OP_REJECTED"
+        ] == [("6", 403)]
+        assert [r["success"] for r in frames[-1]["payload"]["results"]] == [True, False]
+        assert server.core.grid.lww("notes").get("k") == 3  # type: ignore[union-attr]
+        assert server.core.grid.lww("catalog").get("k") == "by-editor"  # type: ignore[union-attr]
 
 
 async def test_no_push_to_connections_that_may_not_read() -> None:

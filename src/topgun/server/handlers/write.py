@@ -57,6 +57,7 @@ __all__ = ["AckQueue", "WriteHandler"]
 log = logging.getLogger("topgun.write")
 
 _ACKS_KEY = "write.acks"
+_WRITER_KEY = "write.writer"
 _KIND = {
     OpType.PUT: ChangeKind.PUT,
     OpType.REMOVE: ChangeKind.REMOVE,
@@ -74,6 +75,9 @@ _UNCHANGED = UNCHANGED
 _WC_RANK = {wc: wc.rank for wc in WriteConcern}
 _APPLIED_RANK = WriteConcern.APPLIED.rank
 _OP_NAMES = {t: t.value for t in OpType}
+_OP_KEYS = {t: (t.value,) for t in OpType}
+_APPLIED_WC = WriteConcern.APPLIED
+_PERSISTED = WriteConcern.PERSISTED
 # Changes built without the NamedTuple's Python-level constructor (all nine fields, in declaration
 # order, checked in server/changes.py): the constructor cost as much as the rest of the op's step.
 _tuple_new = tuple.__new__
@@ -194,47 +198,105 @@ def _mixed_results(
     return results, last_id
 
 
+class _Writer:
+    """What the plain path needs of one connection, looked up once: its origin, and the maps it
+    may write that the push notifier already counts it interested in (permissions depend only on
+    the connection's roles and the map name, both fixed for the connection's life)."""
+
+    __slots__ = ("origin", "ready")
+
+    def __init__(self, ctx: RequestContext) -> None:
+        self.origin = Origin(_CLIENT, ctx.connection_id)
+        self.ready: set[str] = set()
+
+
 class WriteHandler:
     """Processor of ``OP_BATCH`` and ``CLIENT_OP``."""
 
     def __init__(self, core: CoreServices) -> None:
         self.core = core
+        self._ops_series = core.metrics.ops.series
 
     def handle(self, ctx: RequestContext, msg: OpBatch | ClientOpMessage) -> Awaitable[None] | None:
         self.apply(ctx, msg)
         committer = self.core.committer
-        if committer is not None and committer.backlog_rows > BACKLOG_HIGH_WATER:
+        if committer is not None and committer.over_backlog(BACKLOG_HIGH_WATER):
             return _wait_backlog(committer.sync_point())
         return None
 
     def apply(self, ctx: RequestContext, msg: OpBatch | ClientOpMessage) -> None:
         """Apply one batch synchronously and schedule its replies."""
-        if isinstance(msg, ClientOpMessage):
+        if type(msg) is ClientOpMessage:
             ops: list[ClientOp | InvalidOp] = [msg.op]
             batch_wc: WriteConcern | None = None
         else:
-            ops = msg.ops
-            batch_wc = msg.write_concern
-        if not ops:
-            return  # §5.6: an empty batch gets no reply at all
+            ops = msg.ops  # type: ignore[union-attr]
+            batch_wc = msg.write_concern  # type: ignore[union-attr]
+            if not ops:
+                return  # §5.6: an empty batch gets no reply at all
         plain = plain_changes(ops, batch_wc)
-        if plain is not None:
-            # Most batches are plain PUT/REMOVE ops with records: one permission check per map,
-            # no per-op bookkeeping.
-            changes, maps, requested = plain
-            core = self.core
-            acl = core.acl
-            if len(maps) == 1:
-                permitted = acl.can_write(ctx, maps[0])
-            else:
-                permitted = all(acl.can_write(ctx, m) for m in maps)
-            if permitted:
-                for name in maps:
-                    core.push.add_interest(ctx, name)
-                result = core.grid.apply(changes, Origin(_CLIENT, ctx.connection_id))
-                self._reply(ctx, ops, result.outcomes, requested)
-                return
+        if plain is not None and self._plain(ctx, ops, plain):
+            return
         self._reply(ctx, ops, *self._judge(ctx, ops, batch_wc))
+
+    def _plain(
+        self,
+        ctx: RequestContext,
+        ops: list[ClientOp | InvalidOp],
+        plain: tuple[list[Change], list[str], WriteConcern | None],
+    ) -> bool:
+        """Apply and answer a batch of plain PUT/REMOVE ops with records (most batches): one
+        permission check per map and connection, no per-op bookkeeping unless an op is refused.
+        False, having done nothing, when a map may not be written (the general path reports it)."""
+        changes, maps, requested = plain
+        data = ctx.data
+        writer: _Writer | None = data.get(_WRITER_KEY)
+        if writer is None:
+            writer = data[_WRITER_KEY] = _Writer(ctx)
+        ready = writer.ready
+        core = self.core
+        for name in maps:
+            if name not in ready:
+                if not core.acl.can_write(ctx, name):
+                    return False
+                core.push.add_interest(ctx, name)
+                ready.add(name)
+        outcomes = core.grid.apply(changes, writer.origin).outcomes
+        n = len(ops)
+        if outcomes.count(_APPLIED) + outcomes.count(_UNCHANGED) != n:
+            self._reply(ctx, ops, outcomes, requested)
+            return True
+        # Every op accepted, none lost to a newer record: count, then the prebuilt ack.
+        series = self._ops_series
+        if n == 1:
+            key = _OP_KEYS[ops[0].op_type]  # type: ignore[union-attr]
+            series[key] = series.get(key, 0) + 1
+        else:
+            for op in ops:
+                key = _OP_KEYS[op.op_type]  # type: ignore[union-attr]
+                series[key] = series.get(key, 0) + 1
+        level = requested if requested is not None else core.default_concern
+        if _WC_RANK[level] > _APPLIED_RANK and core.durable:
+            committer = core.committer
+            assert committer is not None
+            self._ack(ctx, committer.sync_point(), ok_ack_frame(ops, _PERSISTED))
+            return True
+        ack = ok_ack_frame(ops, _APPLIED_WC)
+        if _ACKS_KEY in data:
+            data[_ACKS_KEY].push(None, ack)  # behind acks still waiting for a commit
+        else:
+            ctx.send_frame(ack)
+        return True
+
+    def _ack(self, ctx: RequestContext, future: asyncio.Future[None] | None, ack: OpAck | bytes) -> None:
+        """Send ``ack`` once ``future`` resolved, after the connection's earlier acks."""
+        queue: AckQueue | None = ctx.data.get(_ACKS_KEY)
+        if queue is None:
+            if future is None:
+                _send(ctx, ack)
+                return
+            queue = ctx.data[_ACKS_KEY] = AckQueue(self.core, ctx)
+        queue.push(future, ack)
 
     def _judge(
         self, ctx: RequestContext, ops: list[ClientOp | InvalidOp], batch_wc: WriteConcern | None
@@ -355,10 +417,4 @@ class WriteHandler:
         else:
             results, last_id = _mixed_results(ops, outcomes, achieved)
             ack = OpAck(last_id=last_id, achieved_level=achieved, results=results)
-        queue: AckQueue | None = ctx.data.get(_ACKS_KEY)
-        if queue is None:
-            if future is None:
-                _send(ctx, ack)
-                return
-            queue = ctx.data[_ACKS_KEY] = AckQueue(core, ctx)
-        queue.push(future, ack)
+        self._ack(ctx, future, ack)
