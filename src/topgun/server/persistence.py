@@ -307,6 +307,13 @@ class GroupCommitter:
         """Rows recorded but not yet committed (open, sealed and in-flight batches)."""
         return len(self._open.batch) + self._sealed_rows
 
+    def over_backlog(self, limit: int) -> bool:
+        """``backlog_rows > limit``, answered from the recording count while that settles it:
+        a batch holds at most as many rows as recording calls made on it."""
+        if self._open.batch.recorded + self._sealed_rows <= limit:
+            return False
+        return self.backlog_rows > limit
+
     def _seal(self) -> None:
         # Sealed batches get no more changes (recording goes to the open batch), so their
         # row count can be added up once here.

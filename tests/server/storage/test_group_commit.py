@@ -101,11 +101,19 @@ async def test_batch_size_cap_bounds_transactions(storage_url: str) -> None:
         store.gate.clear()
         futs = [committer.submit(lambda b, i=i: b.lww_put("m", f"k{i}", rec(i))) for i in range(35)]
         assert committer.backlog_rows == 35
+        # Rewrites of one key coalesce: recorded calls outnumber rows, the backlog counts rows.
+        hot = [committer.submit(lambda b, i=i: b.lww_put("m", "k34", rec(100 + i))) for i in range(20)]
+        assert committer.backlog_rows == 35
+        assert [committer.over_backlog(limit) for limit in (0, 34, 35, 36, 60)] == [
+            True, True, False, False, False
+        ]
+        futs += hot
         store.gate.set()
         await asyncio.wait_for(asyncio.gather(*futs), 10)
         assert store.sizes == [10, 10, 10, 5]
         assert len({id(f) for f in futs}) == 4
         assert len((await reload(storage_url)).maps["m"].lww) == 35
+        assert not committer.over_backlog(0)
     finally:
         store.gate.set()  # never leave close() waiting on a shut gate
         await committer.close()

@@ -122,3 +122,14 @@ def test_batches_of_any_size_store_the_model(
     )
     snap = asyncio.run(apply_in_chunks(url, ops, cuts))
     assert observed(snap) == model(ops)
+
+
+@given(ops=st.lists(OPS, max_size=40))
+def test_a_batch_is_true_exactly_when_it_holds_rows(ops: list[tuple[Any, ...]]) -> None:
+    # Truth is answered from the recording count; rows (after coalescing) are what it stands for.
+    b = WriteBatch()
+    assert not b
+    for op in ops:
+        record(b, op)
+        assert bool(b) is (len(b) > 0)
+        assert len(b) <= b.recorded

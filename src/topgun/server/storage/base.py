@@ -305,16 +305,9 @@ class WriteBatch:
         )
 
     def __bool__(self) -> bool:
-        return (
-            bool(self.lww)
-            or bool(self.or_records)
-            or bool(self.or_tombstones)
-            or bool(self.map_kinds)
-            or bool(self.horizons)
-            or bool(self.counters)
-            or bool(self.fencing)
-            or bool(self.meta)
-        )
+        # Every recording call leaves at least one row (a delete is a row too), so a batch holds
+        # rows exactly when something was recorded.
+        return self.recorded > 0
 
     def or_split(self) -> tuple[list[tuple[str, str, str, ORRow]], list[tuple[str, str, str]]]:
         """``(upserts, deletes)`` of OR records: upserts as ``(map, key, tag, row)``."""
