@@ -115,6 +115,10 @@ class ApplyResult(NamedTuple):
     commit: asyncio.Future[None] | None
 
 
+# ApplyResult built without the NamedTuple's Python-level constructor (once per applied batch).
+_tuple_new = tuple.__new__
+
+
 class GcReport(NamedTuple):
     """Result of one tombstone GC pass."""
 
@@ -370,6 +374,17 @@ class Grid:
         todo = changes if type(changes) is list else list(changes)
         n = len(todo)
         i = 0
+        if n:
+            # Most batches start with (or are) a run of writes to a known LWW map: a map in
+            # _lww is an LWW map, so the kind checks of the loop below have nothing to say.
+            first = todo[0]
+            kind = first.kind
+            if kind is _PUT or kind is _REMOVE:
+                name = first.map_name
+                lww = lwws.get(name)
+                if lww is not None:
+                    i = apply_lww_run(lww, self._hlc, batch if self._keeps_rows else None, todo, 0, wall,
+                                      max_drift, self._horizons.get(name), outcomes, effective)
         while i < n:
             ch = todo[i]
             name = ch.map_name
@@ -408,7 +423,7 @@ class Grid:
                     listener.on_changes(effective, origin)
                 except Exception:
                     log.exception("change listener %r failed", listener)
-        return ApplyResult(outcomes, effective, commit)
+        return _tuple_new(ApplyResult, (outcomes, effective, commit))
 
     def _register(self, name: str, m: LWWMap | ORMap, batch: WriteBatch) -> None:
         """Make ``m`` the map called ``name``: its kind is fixed from now on (and stored)."""
