@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from support.clocks import Wall
-from topgun.core.records import LWWRecord, Timestamp
+from topgun.core.records import LWWRecord, ORMapRecord, Timestamp
 from topgun.protocol import codec
 from topgun.protocol.messages import ClientOp, InvalidOp, OpAck, OpResult, OpType, WriteConcern
 from topgun.server.changes import APPLIED, UNCHANGED, Change, ChangeKind, OutcomeStatus
@@ -262,3 +262,127 @@ def test_ok_ack_frame(pure: Any, compiled: Any, n: int, level: WriteConcern) -> 
 
 def _fields(op: ClientOp) -> dict[str, Any]:
     return {f: getattr(op, f) for f in ("id", "map_name", "key", "op_type", "record", "write_concern")}
+
+
+# -- the grid's merge step (Grid.apply's body) on both twins ------------------------------------
+
+
+class _Listener:
+    """Records what it hears; fails on demand (the others must still hear)."""
+
+    def __init__(self, fail: bool) -> None:
+        self.fail = fail
+        self.heard: list[tuple[list[Change], Any]] = []
+
+    def on_changes(self, changes: Any, origin: Any) -> None:
+        self.heard.append((list(changes), origin))
+        if self.fail:
+            raise RuntimeError("listener failure")
+
+
+@st.composite
+def grid_changes(draw: Any) -> list[Change]:
+    """Writes to known LWW maps, to an OR map, to maps seen for the first time (some of them
+    refused, so they must not come to exist), and OR changes to an LWW map."""
+    out = []
+    for _ in range(draw(st.integers(0, 12))):
+        name = draw(st.sampled_from(["m", "m", "o", "fresh", "fresh2"]))
+        shape = draw(st.sampled_from(["put", "put", "or-add", "or-remove", "stale"]))
+        key = draw(st.sampled_from(["a", "b", "c"]))
+        ts = Timestamp(draw(st.integers(WALL - 3, WALL + 3)), draw(st.integers(0, 2)), "n1")
+        if shape == "put":
+            out.append(Change.put(name, key, LWWRecord(draw(st.integers(0, 9)), ts)))
+        elif shape == "stale":  # far ahead: refused, so a fresh map it names is not created
+            out.append(Change.put(name, key, LWWRecord(1, Timestamp(WALL + DRIFT + 5, 0, "n1"))))
+        elif shape == "or-add":
+            tag = f"{ts.millis}:{ts.counter}:n1"
+            out.append(Change.or_add(name, key, ORMapRecord(draw(st.integers(0, 9)), ts, tag)))
+        else:
+            out.append(Change.or_remove(name, key, f"{WALL}:0:n1", ts))
+    return out
+
+
+async def _grid_apply(twin: Any, url: str, changes: list[Change], fail_first: bool) -> dict[str, Any]:
+    from topgun.server.changes import ChangeSource, Origin
+    from topgun.server.grid import Grid
+    from topgun.server.storage import open_storage
+
+    storage = open_storage(url)
+    await storage.open()
+    grid = Grid(storage, wall_clock=Wall(WALL), node_id="srv-test", max_drift_ms=DRIFT)
+    await grid.start()
+    try:
+        # One LWW map and one OR map exist before the batch.
+        first = Origin(ChangeSource.CLIENT, 1)
+        grid.apply([Change.put("m", "a", LWWRecord(0, Timestamp(WALL, 1, "n1")))], first)
+        tag = f"{WALL}:0:n1"
+        grid.apply([Change.or_add("o", "a", ORMapRecord(0, Timestamp(WALL, 0, "n1"), tag))], first)
+        await grid.committer.drain()  # type: ignore[union-attr]
+        listeners = [_Listener(fail_first), _Listener(False)]
+        for listener in listeners:
+            grid.add_listener(listener)
+        batch = grid.committer.batch  # type: ignore[union-attr]
+        origin = Origin(ChangeSource.CLIENT, 7)
+        result = twin.writepath.apply_changes(grid, changes, origin)
+        return {
+            "outcomes": result.outcomes,
+            "effective": result.changes,
+            "commit": result.commit is not None,
+            "heard": [listener.heard for listener in listeners],
+            "rows": [dict(getattr(batch, f)) for f in ("lww", "or_records", "or_tombstones", "map_kinds")],
+            "recorded": batch.recorded,
+            "kinds": {n: grid.kind(n) for n in grid.map_names()},
+            "lww": {n: sorted(m.records()) for n in grid.map_names() if (m := grid.lww(n)) is not None},
+            "or": {
+                n: (sorted(map(repr, orm.entries())), sorted(orm.tombstone_tags()), orm.root_hash)
+                for n in grid.map_names()
+                if (orm := grid.ormap(n)) is not None
+            },
+            "clock": grid.hlc.now(),
+        }
+    finally:
+        await grid.close()
+        await storage.close()
+
+
+@PROPS
+@given(changes=grid_changes(), keeps_rows=st.booleans(), fail_first=st.booleans())
+async def test_grid_apply_twins_agree(
+    pure: Any, compiled: Any, changes: list[Change], keeps_rows: bool, fail_first: bool
+) -> None:
+    import uuid
+
+    def url() -> str:
+        return f"memory://twin-{uuid.uuid4().hex}" if keeps_rows else "memory://"
+
+    got = await _grid_apply(compiled, url(), changes, fail_first)
+    assert got == await _grid_apply(pure, url(), changes, fail_first)
+    # A map of the other kind refuses the change; a refused first write creates no map.
+    for ch, outcome in zip(changes, got["outcomes"], strict=True):
+        lww_change = ch.kind in (ChangeKind.PUT, ChangeKind.REMOVE)
+        if (ch.map_name == "o" and lww_change) or (ch.map_name == "m" and not lww_change):
+            assert outcome.code == 409
+    for name in ("fresh", "fresh2"):
+        if name in got["kinds"]:
+            assert any(c.map_name == name for c in got["effective"])
+    assert got["heard"][1] == ([(got["effective"], got["heard"][1][0][1])] if got["effective"] else [])
+
+
+async def test_grid_apply_falls_back_beyond_62_bits(twin: Any) -> None:
+    """A wall clock the compiled arithmetic cannot hold takes the specification's path."""
+    from topgun.server.changes import ChangeSource, Origin
+    from topgun.server.grid import Grid
+    from topgun.server.storage import open_storage
+
+    storage = open_storage("memory://")
+    await storage.open()
+    grid = Grid(storage, wall_clock=Wall(2**62 + 5), node_id="srv-test", max_drift_ms=DRIFT)
+    await grid.start()
+    try:
+        change = Change.put("m", "k", LWWRecord(1, Timestamp(2**62 + 5, 0, "n1")))
+        result = twin.writepath.apply_changes(grid, [change], Origin(ChangeSource.CLIENT, 1))
+        assert result.outcomes == [APPLIED]
+        assert grid.lww("m").get("k") == 1  # type: ignore[union-attr]
+    finally:
+        await grid.close()
+        await storage.close()

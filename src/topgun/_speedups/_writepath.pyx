@@ -27,8 +27,10 @@ from topgun._speedups._slots cimport member_offset
 from topgun.errors import StorageError
 from topgun.protocol.messages import ClientOp, OpType, WriteConcern
 from topgun.server import _writepath_py
-from topgun.server.changes import APPLIED, UNCHANGED, Change, ChangeKind, Outcome, OutcomeStatus, drift_outcome
-from topgun.server.storage.base import encode_value
+from topgun.server.changes import (
+    APPLIED, UNCHANGED, ApplyResult, Change, ChangeKind, Outcome, OutcomeStatus, drift_outcome,
+)
+from topgun.server.storage.base import MapKind, encode_value
 
 cdef extern from "Python.h":
     long long PyLong_AsLongLongAndOverflow(object, int*) except? -1
@@ -36,9 +38,15 @@ cdef extern from "Python.h":
     object PyBytes_FromStringAndSize(const char*, Py_ssize_t)
     char* PyBytes_AS_STRING(object)
 
-__all__ = ["apply_lww_run", "ok_ack_frame", "plain_changes"]
+__all__ = ["apply_changes", "apply_lww_run", "ok_ack_frame", "plain_changes"]
 
 cdef object _py_run = _writepath_py.apply_lww_run
+cdef object _py_apply_changes = _writepath_py.apply_changes
+cdef object _log = _writepath_py.log
+cdef object _ApplyResult = ApplyResult
+cdef object _OR_ADD = ChangeKind.OR_ADD
+cdef object _LWW_MAP = MapKind.LWW
+cdef object _LIMIT = 1 << 62
 cdef object _py_one = _writepath_py.apply_one
 cdef object _APPLIED = APPLIED
 cdef object _UNCHANGED = UNCHANGED
@@ -129,6 +137,83 @@ cdef class _MerkleBatch:
 def apply_lww_run(lww, hlc, batch, changes, Py_ssize_t start, long long wall,
                   long long max_drift, horizon, list outcomes, list effective):
     """Merge ``changes[start:stop]`` (see :func:`topgun.server._writepath_py.apply_lww_run`)."""
+    return _run(lww, hlc, batch, changes, start, wall, max_drift, horizon, outcomes, effective)
+
+
+def apply_changes(grid, changes, origin):
+    """The body of ``Grid.apply`` (see :func:`topgun.server._writepath_py.apply_changes`)."""
+    cdef object committer = grid.committer
+    cdef object batch, rows, ch, name, kind, have, found, lww, commit, wall_obj
+    cdef list outcomes = [], effective = [], todo
+    cdef dict kinds, lwws, horizons
+    cdef PyObject* p
+    cdef Py_ssize_t i = 0, staged
+    cdef long long wall, max_drift
+    cdef bint lww_change
+    if committer is None:
+        raise RuntimeError("grid not started")
+    batch = committer.batch
+    wall_obj = grid._wall()
+    drift_obj = grid.max_drift_ms
+    if not (
+        PyLong_CheckExact(wall_obj) and 0 <= wall_obj < _LIMIT
+        and PyLong_CheckExact(drift_obj) and -_LIMIT < drift_obj < _LIMIT
+    ):
+        # clocks or settings beyond 62 bits: the specification's arbitrary-precision arithmetic
+        return _py_apply_changes(grid, changes, origin)
+    wall = wall_obj
+    max_drift = drift_obj
+    kinds = grid._kinds
+    lwws = grid._lww
+    horizons = grid._horizons
+    hlc = grid._hlc
+    todo = changes if type(changes) is list else list(changes)
+    rows = batch if grid._keeps_rows else None
+    while i < PyList_GET_SIZE(todo):
+        ch = <object>PyList_GET_ITEM(todo, i)
+        if PyTuple_Check(ch) and PyTuple_GET_SIZE(ch) == 9:
+            name = <object>PyTuple_GET_ITEM(ch, 0)
+            kind = <object>PyTuple_GET_ITEM(ch, 2)
+        else:
+            name = ch.map_name
+            kind = ch.kind
+        lww_change = kind is _PUT or kind is _REMOVE
+        if lww_change:
+            p = PyDict_GetItem(lwws, name)
+            if p != NULL:
+                # a map in _lww is an LWW map: no kind to check
+                i = _run(<object>p, hlc, rows, todo, i, wall, max_drift, horizons.get(name), outcomes, effective)
+                continue
+        p = PyDict_GetItem(kinds, name)
+        have = <object>p if p != NULL else None
+        if have is not None and (have is _LWW_MAP) is not lww_change:
+            outcomes.append(_Outcome(_REJECTED, 409, f"map {name!r} is an {have.value.upper()} map"))
+            i += 1
+            continue
+        if lww_change:
+            lww = grid._new_lww()
+            staged = len(effective)
+            i = _run(lww, hlc, rows, todo, i, wall, max_drift, horizons.get(name), outcomes, effective)
+            if len(effective) > staged:
+                grid._register(name, lww, batch)
+            continue
+        if kind is _OR_ADD:
+            outcomes.append(grid._apply_or_add(ch, have, wall_obj, max_drift, batch, effective))
+        else:
+            outcomes.append(grid._apply_or_remove(ch, have, wall_obj, max_drift, batch, effective))
+        i += 1
+    commit = committer.commit_future() if batch else None
+    if effective:
+        for listener in grid._listeners:
+            try:
+                listener.on_changes(effective, origin)
+            except Exception:
+                _log.exception("change listener %r failed", listener)
+    return _tuple_new(_ApplyResult, (outcomes, effective, commit))
+
+
+cdef Py_ssize_t _run(lww, hlc, batch, changes, Py_ssize_t start, long long wall,
+                     long long max_drift, horizon, list outcomes, list effective) except -1:
     cdef LWWMap cmap
     cdef HLC chlc = hlc if isinstance(hlc, HLC) else None
     cdef dict data

@@ -16,7 +16,8 @@ refused with 400 before it touches memory), then the merge.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from topgun.core.records import Timestamp
@@ -26,24 +27,94 @@ from topgun.protocol.messages import ClientOp, OpAck, OpResult, OpType, WriteCon
 from topgun.server.changes import (
     APPLIED,
     UNCHANGED,
+    ApplyResult,
     Change,
     ChangeKind,
+    Origin,
     Outcome,
     OutcomeStatus,
     drift_outcome,
 )
-from topgun.server.storage.base import WriteBatch, check_lww_row
+from topgun.server.storage.base import MapKind, WriteBatch, check_lww_row
 
-__all__ = ["apply_lww_run", "apply_one", "ok_ack_frame", "plain_changes"]
+__all__ = ["apply_changes", "apply_lww_run", "apply_one", "ok_ack_frame", "plain_changes"]
+
+log = logging.getLogger("topgun.grid")
 
 _PUT = ChangeKind.PUT
 _REMOVE = ChangeKind.REMOVE
+_OR_ADD = ChangeKind.OR_ADD
+_LWW_MAP = MapKind.LWW
 _REJECTED = OutcomeStatus.REJECTED
 _UNCHANGED_STATUS = OutcomeStatus.UNCHANGED
 _tuple_new = tuple.__new__
 _OP_PUT = OpType.PUT
 _OP_REMOVE = OpType.REMOVE
 _RANK = {wc: wc.rank for wc in WriteConcern}
+
+
+def apply_changes(grid: Any, changes: Iterable[Change], origin: Origin) -> ApplyResult:
+    """The body of :meth:`topgun.server.grid.Grid.apply`: judge, merge, stage and announce.
+
+    Changes are taken in order, each judged on its own (PROTOCOL §5.6 steps 3-8):
+    a map of the other kind refuses it (409); a run of ``PUT``/``REMOVE`` changes
+    to one map goes to :func:`apply_lww_run` (a map seen for the first time
+    exists only once one of its writes is staged: a refused first write creates
+    nothing); OR-Map changes go to the grid's own ``_apply_or_add`` /
+    ``_apply_or_remove``. Then the open batch's commit future is taken (if
+    anything was staged) and every listener hears of the effective changes, in
+    registration order; a listener that raises is logged and the others still run.
+
+    ``grid`` is read through its ``committer``, ``max_drift_ms``, ``_wall``,
+    ``_kinds``, ``_lww``, ``_horizons``, ``_keeps_rows``, ``_hlc`` and
+    ``_listeners`` and the methods ``_new_lww``, ``_register``, ``_apply_or_add``
+    and ``_apply_or_remove``.
+    """
+    committer = grid.committer
+    if committer is None:
+        raise RuntimeError("grid not started")
+    batch = committer.batch
+    outcomes: list[Outcome] = []
+    effective: list[Change] = []
+    max_drift = grid.max_drift_ms
+    wall = grid._wall()
+    kinds = grid._kinds
+    todo = changes if type(changes) is list else list(changes)
+    rows = batch if grid._keeps_rows else None
+    n = len(todo)
+    i = 0
+    while i < n:
+        ch = todo[i]
+        name = ch.map_name
+        kind = ch.kind
+        have = kinds.get(name)
+        lww_change = kind is _PUT or kind is _REMOVE
+        if have is not None and (have is _LWW_MAP) is not lww_change:
+            outcomes.append(Outcome(_REJECTED, 409, f"map {name!r} is an {have.value.upper()} map"))
+            i += 1
+            continue
+        if lww_change:
+            found = grid._lww.get(name)
+            lww = grid._new_lww() if found is None else found
+            staged = len(effective)
+            i = apply_lww_run(lww, grid._hlc, rows, todo, i, wall, max_drift, grid._horizons.get(name),
+                              outcomes, effective)
+            if found is None and len(effective) > staged:
+                grid._register(name, lww, batch)
+            continue
+        if kind is _OR_ADD:
+            outcomes.append(grid._apply_or_add(ch, have, wall, max_drift, batch, effective))
+        else:
+            outcomes.append(grid._apply_or_remove(ch, have, wall, max_drift, batch, effective))
+        i += 1
+    commit = committer.commit_future() if batch else None
+    if effective:
+        for listener in grid._listeners:
+            try:
+                listener.on_changes(effective, origin)
+            except Exception:
+                log.exception("change listener %r failed", listener)
+    return ApplyResult(outcomes, effective, commit)
 
 
 def apply_lww_run(

@@ -6,6 +6,7 @@ LWW run (:mod:`topgun.server.writepath`) can build them without importing the gr
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from typing import NamedTuple
 
@@ -15,6 +16,7 @@ __all__ = [
     "APPLIED",
     "SERVER_ORIGIN",
     "UNCHANGED",
+    "ApplyResult",
     "Change",
     "ChangeKind",
     "ChangeSource",
@@ -146,3 +148,14 @@ def drift_outcome(millis: int, wall: int) -> Outcome:
     return Outcome(
         OutcomeStatus.REJECTED, 422, f"timestamp {millis} is {millis - wall} ms ahead of the server clock"
     )
+
+
+class ApplyResult(NamedTuple):
+    """Result of :meth:`topgun.server.grid.Grid.apply`."""
+
+    #: one per input change, in input order
+    outcomes: list[Outcome]
+    #: the effective changes, in order (what listeners were told)
+    changes: list[Change]
+    #: resolves once the transaction holding the staged rows committed; ``None`` when nothing was staged
+    commit: asyncio.Future[None] | None

@@ -39,6 +39,7 @@ from topgun.server.changes import (
     APPLIED,
     SERVER_ORIGIN,
     UNCHANGED,
+    ApplyResult,
     Change,
     ChangeKind,
     ChangeSource,
@@ -49,7 +50,7 @@ from topgun.server.changes import (
 )
 from topgun.server.persistence import GroupCommitter
 from topgun.server.storage.base import MapKind, Snapshot, Storage, StorageKind, WriteBatch
-from topgun.server.writepath import apply_lww_run
+from topgun.server.writepath import apply_changes
 
 __all__ = [
     "DEFAULT_MAX_DRIFT_MS",
@@ -94,29 +95,11 @@ def make_node_id() -> str:
 
 
 # Module-level aliases: enum attribute access goes through a descriptor, too slow per op.
-_PUT = ChangeKind.PUT
-_REMOVE = ChangeKind.REMOVE
 _OR_ADD = ChangeKind.OR_ADD
-_OR_REMOVE = ChangeKind.OR_REMOVE
 _LWW_MAP = MapKind.LWW
 _OR_MAP = MapKind.OR
 _APPLIED = APPLIED
 _UNCHANGED = UNCHANGED
-
-
-class ApplyResult(NamedTuple):
-    """Result of :meth:`Grid.apply`."""
-
-    #: one per input change, in input order
-    outcomes: list[Outcome]
-    #: the effective changes, in order (what listeners were told)
-    changes: list[Change]
-    #: resolves once the transaction holding the staged rows committed; ``None`` when nothing was staged
-    commit: asyncio.Future[None] | None
-
-
-# ApplyResult built without the NamedTuple's Python-level constructor (once per applied batch).
-_tuple_new = tuple.__new__
 
 
 class GcReport(NamedTuple):
@@ -359,71 +342,11 @@ class Grid:
         """Validate, merge, stage for persistence and announce ``changes``, one by one, in order.
 
         Per change (PROTOCOL §5.6 steps 3-8): map kind (409), clock drift (422),
-        retention horizon (409), clock update, merge. Never awaits.
+        retention horizon (409), clock update, merge; then the listeners hear of
+        the effective changes. Never awaits. The rule is
+        :func:`topgun.server._writepath_py.apply_changes`.
         """
-        committer = self.committer
-        if committer is None:
-            raise RuntimeError("grid not started")
-        batch = committer.batch
-        outcomes: list[Outcome] = []
-        effective: list[Change] = []
-        max_drift = self.max_drift_ms
-        wall = self._wall()
-        kinds = self._kinds
-        lwws = self._lww
-        todo = changes if type(changes) is list else list(changes)
-        n = len(todo)
-        i = 0
-        if n:
-            # Most batches start with (or are) a run of writes to a known LWW map: a map in
-            # _lww is an LWW map, so the kind checks of the loop below have nothing to say.
-            first = todo[0]
-            kind = first.kind
-            if kind is _PUT or kind is _REMOVE:
-                name = first.map_name
-                lww = lwws.get(name)
-                if lww is not None:
-                    i = apply_lww_run(lww, self._hlc, batch if self._keeps_rows else None, todo, 0, wall,
-                                      max_drift, self._horizons.get(name), outcomes, effective)
-        while i < n:
-            ch = todo[i]
-            name = ch.map_name
-            kind = ch.kind
-            want = _OR_MAP if kind is _OR_ADD or kind is _OR_REMOVE else _LWW_MAP
-            have = kinds.get(name)
-            if have is not None and have is not want:
-                outcomes.append(
-                    Outcome(OutcomeStatus.REJECTED, 409, f"map {name!r} is an {have.value.upper()} map")
-                )
-                i += 1
-                continue
-            if kind is _PUT or kind is _REMOVE:
-                # A run of writes to one map, merged in one call. A map seen for the first time
-                # exists only once one of its writes is staged: a refused first write creates nothing.
-                found = lwws.get(name)
-                fresh = found is None
-                lww = self._new_lww() if found is None else found
-                staged = len(effective)
-                horizon = self._horizons.get(name)
-                rows = batch if self._keeps_rows else None
-                hlc = self._hlc
-                i = apply_lww_run(lww, hlc, rows, todo, i, wall, max_drift, horizon, outcomes, effective)
-                if fresh and len(effective) > staged:
-                    self._register(name, lww, batch)
-                continue
-            if kind is _OR_ADD:
-                outcomes.append(self._apply_or_add(ch, have, wall, max_drift, batch, effective))
-            else:
-                outcomes.append(self._apply_or_remove(ch, have, wall, max_drift, batch, effective))
-            i += 1
-        commit = committer.commit_future() if batch else None
-        if effective:
-            for listener in self._listeners:
-                try:
-                    listener.on_changes(effective, origin)
-                except Exception:
-                    log.exception("change listener %r failed", listener)
-        return _tuple_new(ApplyResult, (outcomes, effective, commit))
+        return apply_changes(self, changes, origin)
 
     def _register(self, name: str, m: LWWMap | ORMap, batch: WriteBatch) -> None:
         """Make ``m`` the map called ``name``: its kind is fixed from now on (and stored)."""

@@ -1,4 +1,4 @@
-"""The per-op core of the write path (merging runs of LWW changes, encoding acks): the compiled
+"""The per-op core of the write path (the grid's merge step, runs of LWW changes, acks): the compiled
 twin ``topgun._speedups._writepath`` when available, else the pure-Python specification
 :mod:`topgun.server._writepath_py`."""
 
@@ -9,11 +9,12 @@ from typing import TYPE_CHECKING
 from topgun._ext import load
 
 if TYPE_CHECKING:
-    from topgun.server._writepath_py import apply_lww_run, ok_ack_frame, plain_changes
+    from topgun.server._writepath_py import apply_changes, apply_lww_run, ok_ack_frame, plain_changes
 else:
     _impl = load("topgun._speedups._writepath", "topgun.server._writepath_py")
+    apply_changes = _impl.apply_changes
     apply_lww_run = _impl.apply_lww_run
     ok_ack_frame = _impl.ok_ack_frame
     plain_changes = _impl.plain_changes
 
-__all__ = ["apply_lww_run", "ok_ack_frame", "plain_changes"]
+__all__ = ["apply_changes", "apply_lww_run", "ok_ack_frame", "plain_changes"]
