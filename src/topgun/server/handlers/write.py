@@ -218,26 +218,22 @@ class WriteHandler:
         self._ops_series = core.metrics.ops.series
 
     def handle(self, ctx: RequestContext, msg: OpBatch | ClientOpMessage) -> Awaitable[None] | None:
-        self.apply(ctx, msg)
-        committer = self.core.committer
-        if committer is not None and committer.over_backlog(BACKLOG_HIGH_WATER):
-            return _wait_backlog(committer.sync_point())
-        return None
-
-    def apply(self, ctx: RequestContext, msg: OpBatch | ClientOpMessage) -> None:
-        """Apply one batch synchronously and schedule its replies."""
+        """Apply one batch synchronously and schedule its replies; while the storage backlog is
+        over its bound, return an awaitable that holds the connection's next message back."""
         if type(msg) is ClientOpMessage:
             ops: list[ClientOp | InvalidOp] = [msg.op]
             batch_wc: WriteConcern | None = None
         else:
             ops = msg.ops  # type: ignore[union-attr]
             batch_wc = msg.write_concern  # type: ignore[union-attr]
-            if not ops:
-                return  # §5.6: an empty batch gets no reply at all
-        plain = plain_changes(ops, batch_wc)
-        if plain is not None and self._plain(ctx, ops, plain):
-            return
-        self._reply(ctx, ops, *self._judge(ctx, ops, batch_wc))
+        if ops:  # §5.6: an empty batch gets no reply at all
+            plain = plain_changes(ops, batch_wc)
+            if plain is None or not self._plain(ctx, ops, plain):
+                self._reply(ctx, ops, *self._judge(ctx, ops, batch_wc))
+        committer = self.core.committer
+        if committer is not None and committer.over_backlog(BACKLOG_HIGH_WATER):
+            return _wait_backlog(committer.sync_point())
+        return None
 
     def _plain(
         self,
