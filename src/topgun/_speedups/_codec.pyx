@@ -79,7 +79,6 @@ cdef object _py_from_wire = _py.from_wire
 cdef object _py_encode = _py.encode
 cdef object _DEFAULT_LIMITS = DEFAULT_LIMITS
 cdef object _Ext = Ext
-cdef object _OpBatch = OpBatch
 
 # --------------------------------------------------------------------------- scan
 
@@ -106,6 +105,10 @@ def scan(frame, limits=DEFAULT_LIMITS):
     return _scan(&view[0] if view.shape[0] else NULL, view.shape[0], limits)
 
 
+cdef enum:
+    SCAN_STACK = 258  # the default max_depth (256) + 2
+
+
 cdef list _scan(const uint8_t* buf, Py_ssize_t n, object limits):
     cdef Py_ssize_t max_depth = limits.max_depth
     cdef uint64_t max_str = limits.max_str_len
@@ -118,18 +121,25 @@ cdef list _scan(const uint8_t* buf, Py_ssize_t n, object limits):
     cdef bint mp
     cdef uint64_t* rem
     cdef uint8_t* is_map
+    # the default depth limit fits on the C stack: no allocation per frame
+    cdef uint64_t rem_stack[SCAN_STACK]
+    cdef uint8_t is_map_stack[SCAN_STACK]
     if n == 0:
         raise _bad("empty frame")
     b0 = buf[0]
     if not (0x80 <= b0 <= 0x8F or b0 == 0xDE or b0 == 0xDF):
         raise ProtocolError("frame is not a MsgPack map")
     cap = max_depth + 2
-    rem = <uint64_t*>PyMem_Malloc(cap * sizeof(uint64_t))
-    is_map = <uint8_t*>PyMem_Malloc(cap)
-    if rem == NULL or is_map == NULL:
-        PyMem_Free(rem)
-        PyMem_Free(is_map)
-        raise MemoryError()
+    if cap <= SCAN_STACK:
+        rem = rem_stack
+        is_map = is_map_stack
+    else:
+        rem = <uint64_t*>PyMem_Malloc(cap * sizeof(uint64_t))
+        is_map = <uint8_t*>PyMem_Malloc(cap)
+        if rem == NULL or is_map == NULL:
+            PyMem_Free(rem)
+            PyMem_Free(is_map)
+            raise MemoryError()
     try:
         rem[0] = 1
         is_map[0] = 0
@@ -228,8 +238,9 @@ cdef list _scan(const uint8_t* buf, Py_ssize_t n, object limits):
             raise _bad("trailing bytes after the value")
         return ext_m1
     finally:
-        PyMem_Free(rem)
-        PyMem_Free(is_map)
+        if rem != rem_stack:
+            PyMem_Free(rem)
+            PyMem_Free(is_map)
 
 
 def unpack(frame, limits=None):
@@ -237,7 +248,6 @@ def unpack(frame, limits=None):
     cdef object lim = limits if limits is not None else _DEFAULT_LIMITS
     cdef const uint8_t[::1] view
     cdef Py_ssize_t n
-    cdef list ext_m1
     if isinstance(frame, bytes):
         view = frame
     else:
@@ -245,7 +255,11 @@ def unpack(frame, limits=None):
     n = view.shape[0]
     if n > lim.max_frame_bytes:
         raise FrameTooLargeError(n, lim.max_frame_bytes)
-    ext_m1 = _scan(&view[0] if n else NULL, n, lim)
+    return _unpack_scanned(frame, _scan(&view[0] if n else NULL, n, lim))
+
+
+cdef object _unpack_scanned(object frame, list ext_m1):
+    """The plain value of a frame that :func:`_scan` accepted (``ext_m1`` is what it returned)."""
     if ext_m1:
         buf = bytearray(frame)
         for p in ext_m1:
@@ -297,41 +311,63 @@ cdef inline object _tuple4(PyTypeObject* t, object a, object b, object c, object
     return _steal(o)
 
 
-# ClientOp is a slotted dataclass: its fields live at fixed offsets, written here
-# directly (its frozen __setattr__ and keyword __init__ cost more than the whole walk).
+# ClientOp, ClientOpMessage and OpBatch are slotted dataclasses: their fields live at fixed
+# offsets, written here directly (the frozen __setattr__ and keyword __init__ cost more than
+# the whole walk of an op). Each class is checked once: a layout other than the expected one
+# (renamed or reordered fields, a __post_init__) keeps the plain constructor.
 cdef enum:
     N_OP_SLOTS = 10
+    N_BATCH_SLOTS = 3
 
 _OP_FIELDS = ("id", "map_name", "key", "op_type", "record", "or_record", "or_tag",
               "write_concern", "timeout", "timestamp")
+_COP_FIELDS = ("op",)
+_BATCH_FIELDS = ("ops", "write_concern", "timeout")
 cdef Py_ssize_t _op_off[N_OP_SLOTS]
-cdef bint _op_fast = False
+cdef Py_ssize_t _cop_off[1]
+cdef Py_ssize_t _batch_off[N_BATCH_SLOTS]
+cdef PyTypeObject* _COP_T = <PyTypeObject*>ClientOpMessage
+cdef PyTypeObject* _BATCH_T = <PyTypeObject*>OpBatch
 
 
-cdef void _init_op_offsets():
-    global _op_fast
-    for i, name in enumerate(_OP_FIELDS):
-        _op_off[i] = member_offset(ClientOp, name)
-        if _op_off[i] < 0:
-            return
-    if tuple(f for f in ClientOp.__slots__) != _OP_FIELDS:
-        return
-    _op_fast = True
+cdef bint _slot_layout(type cls, tuple names, Py_ssize_t* offs) except -1:
+    """Fill ``offs`` with the slot offsets of ``names``; False unless filling those slots is
+    all that the dataclass constructor of ``cls`` does."""
+    import dataclasses  # called while the module initialises only
+
+    if not dataclasses.is_dataclass(cls) or getattr(cls, "__post_init__", None) is not None:
+        return False
+    if tuple(cls.__slots__) != names or tuple(f.name for f in dataclasses.fields(cls)) != names:
+        return False
+    for i, name in enumerate(names):
+        offs[i] = member_offset(cls, name)
+        if offs[i] < 0:
+            return False
+    return True
 
 
-_init_op_offsets()
+cdef bint _op_fast = _slot_layout(ClientOp, _OP_FIELDS, _op_off)
+cdef bint _cop_fast = _slot_layout(ClientOpMessage, _COP_FIELDS, _cop_off)
+cdef bint _batch_fast = _slot_layout(OpBatch, _BATCH_FIELDS, _batch_off)
+
+
+cdef inline object _fill_slots(PyTypeObject* t, const Py_ssize_t* offs, PyObject** vals, int n):
+    """A new instance of ``t`` with slot ``offs[i]`` holding ``vals[i]`` (each a new reference)."""
+    cdef PyObject* o = PyType_GenericAlloc(t, 0)
+    cdef int i
+    for i in range(n):
+        Py_INCREF(<object>vals[i])
+        (<PyObject**>((<char*>o) + offs[i]))[0] = vals[i]
+    return _steal(o)
 
 
 cdef object _make_op(object op_id, object map_name, object key, object op_type, object record,
                      object or_record, object or_tag, object wc, object timeout, object ts):
-    cdef PyObject* o
     cdef PyObject* vals[N_OP_SLOTS]
-    cdef int i
     if not _op_fast:
         return ClientOp(id=op_id, map_name=map_name, key=key, op_type=op_type, record=record,
                         or_record=or_record, or_tag=or_tag, write_concern=wc, timeout=timeout,
                         timestamp=ts)
-    o = PyType_GenericAlloc(_OP_T, 0)
     vals[0] = <PyObject*>op_id
     vals[1] = <PyObject*>map_name
     vals[2] = <PyObject*>key
@@ -342,10 +378,27 @@ cdef object _make_op(object op_id, object map_name, object key, object op_type, 
     vals[7] = <PyObject*>wc
     vals[8] = <PyObject*>timeout
     vals[9] = <PyObject*>ts
-    for i in range(N_OP_SLOTS):
-        Py_INCREF(<object>vals[i])
-        (<PyObject**>((<char*>o) + _op_off[i]))[0] = vals[i]
-    return _steal(o)
+    return _fill_slots(_OP_T, _op_off, vals, N_OP_SLOTS)
+
+
+cdef object _make_cop(object op):
+    """``ClientOpMessage(op=op)``."""
+    cdef PyObject* vals[1]
+    if not _cop_fast:
+        return ClientOpMessage(op=op)
+    vals[0] = <PyObject*>op
+    return _fill_slots(_COP_T, _cop_off, vals, 1)
+
+
+cdef object _make_batch(object ops, object wc, object timeout):
+    """``OpBatch(ops=ops, write_concern=wc, timeout=timeout)``."""
+    cdef PyObject* vals[N_BATCH_SLOTS]
+    if not _batch_fast:
+        return OpBatch(ops=ops, write_concern=wc, timeout=timeout)
+    vals[0] = <PyObject*>ops
+    vals[1] = <PyObject*>wc
+    vals[2] = <PyObject*>timeout
+    return _fill_slots(_BATCH_T, _batch_off, vals, N_BATCH_SLOTS)
 
 
 # --------------------------------------------------------------------------- op fast path
@@ -608,7 +661,8 @@ def from_wire(obj, limits=None):
     cdef PyObject* payload
     cdef PyObject* ops
     cdef object lim = limits if limits is not None else _DEFAULT_LIMITS
-    cdef object op
+    cdef object op, wc, timeout
+    cdef list lst
     if PyDict_CheckExact(obj):
         t = PyDict_GetItem(obj, K_TYPE)
         payload = PyDict_GetItem(obj, K_PAYLOAD)
@@ -618,25 +672,26 @@ def from_wire(obj, limits=None):
                 if ops != NULL and PyList_CheckExact(<object>ops):
                     wc = (<object>payload).get("writeConcern")
                     timeout = (<object>payload).get("timeout")
-                    return _OpBatch(
-                        ops=_decode_ops(<list>ops, lim),
-                        write_concern=None if wc is None else _py._d_write_concern(wc, "payload.writeConcern", lim),
-                        timeout=None if timeout is None else _py._as_int(timeout, "payload.timeout"),
-                    )
+                    lst = _decode_ops(<list>ops, lim)
+                    wc = None if wc is None else _py._d_write_concern(wc, "payload.writeConcern", lim)
+                    timeout = None if timeout is None else _py._as_int(timeout, "payload.timeout")
+                    return _make_batch(lst, wc, timeout)
             elif <str>t == "CLIENT_OP":
                 op = _fast_op(<object>payload)
                 if op is _FAIL:
                     op = _py_decode_op(<object>payload, "payload", lim)
-                return ClientOpMessage(op=op)
+                return _make_cop(op)
     return _py_from_wire(obj, lim)
 
 
-# --------------------------------------------------------------------------- OP_BATCH straight from bytes
-# For the hot frame the intermediate dicts of msgpack are skipped: ops, records and
+# --------------------------------------------------------------------------- OP_BATCH / CLIENT_OP straight from bytes
+# For the hot frames the intermediate dicts of msgpack are skipped: ops, records and
 # timestamps are read from the (already scanned, so structurally sound) bytes into
 # records; only opaque user values become plain objects, exactly as msgpack builds
-# them. Any op that is not plainly valid abandons this path for the whole frame,
-# which then goes through unpack + from_wire (the results are identical).
+# them. An op that is not plainly valid is unpacked on its own and judged by the
+# general decoder; anything unusual about the frame itself (a payload that is no map,
+# a repeated type, invalid UTF-8) abandons this path for the whole frame, which then
+# goes through unpack + from_wire (the results are identical).
 
 cdef struct Rd:
     const uint8_t* b
@@ -1206,12 +1261,10 @@ cdef object _rd_op(Rd* r):
     return s
 
 
-cdef bytes _OP_BATCH_PREFIX = b"\xa4type\xa8OP_BATCH"
-
-
 cdef object _slice_op(const uint8_t* b, Py_ssize_t start, Py_ssize_t end, list ext_m1, Py_ssize_t index,
                       object lim):
-    """One op the byte reader declined: unpack just its bytes and judge it like the general path."""
+    """One op the byte reader declined: unpack just its bytes and judge it like the general path
+    (``index`` is its place in ``payload.ops``, or -1 for the payload of a ``CLIENT_OP``)."""
     cdef object raw = PyBytes_FromStringAndSize(<const char*>(b + start), end - start)
     cdef object op
     if ext_m1:
@@ -1223,108 +1276,164 @@ cdef object _slice_op(const uint8_t* b, Py_ssize_t start, Py_ssize_t end, list e
     obj = _unpackb(raw, raw=False, strict_map_key=False, ext_hook=_ext_hook)
     op = _fast_op(obj)
     if op is _FAIL:
-        op = _py_decode_op(obj, f"payload.ops[{index}]", lim)
+        op = _py_decode_op(obj, "payload" if index < 0 else f"payload.ops[{index}]", lim)
     return op
 
 
-cdef object _bytes_op_batch(const uint8_t* b, Py_ssize_t n, list ext_m1, object lim):
-    """OpBatch read straight from a scanned frame, or _FAIL to take the general path."""
-    cdef Rd r
-    cdef Py_ssize_t nk, i, kn, pk, j, no, k, start
+cdef object _rd_op_or_slice(Rd* r, list ext_m1, Py_ssize_t index, object lim):
+    """The op at the cursor: read from the bytes, or, when the reader declines it, by the general way."""
+    cdef Py_ssize_t start = r.pos
+    try:
+        return _rd_op(r)
+    except _Abandon:
+        # not plainly valid: this op alone goes the general way
+        r.pos = start
+        _skip(r)
+        return _slice_op(r.b, start, r.pos, ext_m1, index, lim)
+
+
+cdef object _bytes_op_batch(Rd* r, Py_ssize_t nk, list ext_m1, object lim):
+    """The OpBatch of a frame whose ``type`` entry ``r`` has just passed; raises _Abandon to take
+    the general path."""
+    cdef Py_ssize_t i, kn, pk, j, no, k
     cdef const uint8_t* ks
     cdef object ops = None, wc = None, timeout = None, s
     cdef PyObject* q
     cdef list lst
+    for i in range(1, nk):
+        kn = _str_len(r)
+        ks = r.b + r.pos
+        r.pos += kn
+        if _key_is(ks, kn, "payload", 7):
+            pk = _map_len(r)
+            if pk < 0:
+                raise _Abandon()
+            ops = None
+            wc = None
+            timeout = None
+            for j in range(pk):
+                kn = _str_len(r)
+                ks = r.b + r.pos
+                r.pos += kn
+                if _key_is(ks, kn, "ops", 3):
+                    no = _arr_len(r)
+                    if no < 0:
+                        raise _Abandon()
+                    lst = PyList_New(no)
+                    for k in range(no):
+                        s = _rd_op_or_slice(r, ext_m1, k, lim)
+                        Py_INCREF(s)
+                        PyList_SET_ITEM(lst, k, s)
+                    ops = lst
+                elif _key_is(ks, kn, "writeConcern", 12):
+                    s = _rd_opt_str(r)
+                    wc = None
+                    if s is not None:
+                        q = PyDict_GetItem(_WCS, s)
+                        if q == NULL:
+                            raise _Abandon()
+                        wc = <object>q
+                elif _key_is(ks, kn, "timeout", 7):
+                    if r.b[r.pos] == 0xC0:
+                        r.pos += 1
+                        timeout = None
+                    else:
+                        timeout = _rd_int(r)
+                        if timeout is _FAIL:
+                            raise _Abandon()
+                else:
+                    _skip_entry(r, ks, kn)
+        elif _key_is(ks, kn, "type", 4):
+            raise _Abandon()  # a second "type": let the general path apply dict semantics
+        else:
+            _skip_entry(r, ks, kn)
+    if ops is None:
+        raise _Abandon()
+    return _make_batch(ops, wc, timeout)
+
+
+cdef object _bytes_client_op(Rd* r, Py_ssize_t nk, list ext_m1, object lim):
+    """The ClientOpMessage of a frame whose ``type`` entry ``r`` has just passed; raises _Abandon
+    to take the general path."""
+    cdef Py_ssize_t i, kn
+    cdef const uint8_t* ks
+    cdef uint8_t c
+    cdef object op = None
+    for i in range(1, nk):
+        kn = _str_len(r)
+        ks = r.b + r.pos
+        r.pos += kn
+        if _key_is(ks, kn, "payload", 7):
+            c = r.b[r.pos]
+            if not (0x80 <= c <= 0x8F or c == 0xDE or c == 0xDF):
+                raise _Abandon()  # a payload that is no map fails the frame: the general path says how
+            # a repeated payload replaces the earlier one, as in the dict msgpack builds
+            op = _rd_op_or_slice(r, ext_m1, -1, lim)
+        elif _key_is(ks, kn, "type", 4):
+            raise _Abandon()  # a second "type": let the general path apply dict semantics
+        else:
+            _skip_entry(r, ks, kn)
+    if op is None:
+        raise _Abandon()
+    return _make_cop(op)
+
+
+cdef bytes _OP_BATCH_PREFIX = b"\xa4type\xa8OP_BATCH"
+cdef bytes _CLIENT_OP_PREFIX = b"\xa4type\xa9CLIENT_OP"
+
+
+cdef object _bytes_op_frame(const uint8_t* b, Py_ssize_t n, list ext_m1, object lim):
+    """The OpBatch or ClientOpMessage read straight from a scanned frame, or _FAIL to take the
+    general path. Only frames whose first entry is the ``type`` (every encoder we know writes
+    it first) take this path."""
+    cdef Rd r
+    cdef Py_ssize_t nk
     r.b = b
     r.n = n
     r.pos = 0
     nk = _map_len(&r)
-    # only frames that start with "type": "OP_BATCH" (every encoder we know writes type first)
-    if nk < 1 or r.pos + 14 > n or memcmp(b + r.pos, PyBytes_AS_STRING(_OP_BATCH_PREFIX), 14) != 0:
+    if nk < 1:
         return _FAIL
-    r.pos += 14
     try:
-        for i in range(1, nk):
-            kn = _str_len(&r)
-            ks = r.b + r.pos
-            r.pos += kn
-            if _key_is(ks, kn, "payload", 7):
-                pk = _map_len(&r)
-                if pk < 0:
-                    return _FAIL
-                ops = None
-                wc = None
-                timeout = None
-                for j in range(pk):
-                    kn = _str_len(&r)
-                    ks = r.b + r.pos
-                    r.pos += kn
-                    if _key_is(ks, kn, "ops", 3):
-                        no = _arr_len(&r)
-                        if no < 0:
-                            return _FAIL
-                        lst = PyList_New(no)
-                        for k in range(no):
-                            start = r.pos
-                            try:
-                                s = _rd_op(&r)
-                            except _Abandon:
-                                # not plainly valid: this op alone goes the general way
-                                r.pos = start
-                                _skip(&r)
-                                s = _slice_op(b, start, r.pos, ext_m1, k, lim)
-                            Py_INCREF(s)
-                            PyList_SET_ITEM(lst, k, s)
-                        ops = lst
-                    elif _key_is(ks, kn, "writeConcern", 12):
-                        s = _rd_opt_str(&r)
-                        wc = None
-                        if s is not None:
-                            q = PyDict_GetItem(_WCS, s)
-                            if q == NULL:
-                                return _FAIL
-                            wc = <object>q
-                    elif _key_is(ks, kn, "timeout", 7):
-                        if r.b[r.pos] == 0xC0:
-                            r.pos += 1
-                            timeout = None
-                        else:
-                            timeout = _rd_int(&r)
-                            if timeout is _FAIL:
-                                return _FAIL
-                    else:
-                        _skip_entry(&r, ks, kn)
-            elif _key_is(ks, kn, "type", 4):
-                return _FAIL  # a second "type": let the general path apply dict semantics
-            else:
-                _skip_entry(&r, ks, kn)
+        if r.pos + 14 <= n and memcmp(b + r.pos, PyBytes_AS_STRING(_OP_BATCH_PREFIX), 14) == 0:
+            r.pos += 14
+            return _bytes_op_batch(&r, nk, ext_m1, lim)
+        if r.pos + 15 <= n and memcmp(b + r.pos, PyBytes_AS_STRING(_CLIENT_OP_PREFIX), 15) == 0:
+            r.pos += 15
+            return _bytes_client_op(&r, nk, ext_m1, lim)
     except (_Abandon, ValueError, TypeError, msgpack.UnpackException):
         # includes invalid UTF-8: the general path reports it for the whole frame
         return _FAIL
-    if ops is None:
-        return _FAIL
-    return _OpBatch(ops=ops, write_concern=wc, timeout=timeout)
+    return _FAIL
 
 
 def decode(frame, limits=None):
     """Decode one frame into a typed message (see :func:`topgun.protocol._codec_py.decode`)."""
     cdef object lim = limits if limits is not None else _DEFAULT_LIMITS
     cdef const uint8_t[::1] view
+    cdef const uint8_t* b
     cdef Py_ssize_t n
     cdef object msg
     cdef list ext_m1
-    if isinstance(frame, bytes):
-        view = frame
+    if PyBytes_CheckExact(frame):
+        # the usual case: read the bytes in place (acquiring a typed memoryview costs more
+        # than decoding a small op)
+        b = <const uint8_t*>PyBytes_AS_STRING(frame)
+        n = PyBytes_GET_SIZE(frame)
     else:
-        view = memoryview(frame).cast("B")
-    n = view.shape[0]
+        if isinstance(frame, bytes):
+            view = frame
+        else:
+            view = memoryview(frame).cast("B")
+        n = view.shape[0]
+        b = &view[0] if n else NULL
     if n > lim.max_frame_bytes:
         raise FrameTooLargeError(n, lim.max_frame_bytes)
-    ext_m1 = _scan(&view[0] if n else NULL, n, lim)
-    msg = _bytes_op_batch(&view[0], n, ext_m1, lim)
+    ext_m1 = _scan(b, n, lim)
+    msg = _bytes_op_frame(b, n, ext_m1, lim)
     if msg is not _FAIL:
         return msg
-    return from_wire(unpack(frame, lim), lim)
+    return from_wire(_unpack_scanned(frame, ext_m1), lim)
 
 
 # --------------------------------------------------------------------------- byte writer
