@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Any
 
@@ -9,6 +10,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from topgun.core.records import LWWRecord, ORMapRecord, Timestamp
+from topgun.protocol import _codec_py
 from topgun.protocol import messages as M
 
 _CHECKS = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large]
@@ -73,6 +75,57 @@ def client_ops(draw: st.DrawFn) -> M.ClientOp:
     if kind is M.OpType.OR_ADD:
         return M.ClientOp(op_type=kind, or_record=draw(or_records), **common)
     return M.ClientOp(op_type=kind, or_tag=draw(ne_text), **common)
+
+
+_BAD = [None, 1.5, -3, "x", "", [], {}, True, 2**40, float("inf")]
+_FIELDS = [
+    "id",
+    "mapName",
+    "key",
+    "opType",
+    "record",
+    "orRecord",
+    "orTag",
+    "writeConcern",
+    "timeout",
+    "timestamp",
+]
+_NESTED = ["value", "timestamp", "ttlMs", "tag", "millis", "counter", "nodeId"]
+
+
+@st.composite
+def wire_ops(draw: st.DrawFn) -> Any:
+    """A wire op: valid, float-millis (as the TS client sends), or damaged in one place."""
+    op = _codec_py._e_op(draw(client_ops()))
+    choice = draw(st.integers(0, 4))
+    if choice == 1:  # integral floats where JS numbers exceed 32 bits
+        for rec_key in ("record", "orRecord"):
+            if isinstance(op.get(rec_key), dict):
+                op[rec_key]["timestamp"]["millis"] = float(op[rec_key]["timestamp"]["millis"])
+        if "timestamp" in op:
+            op["timestamp"]["millis"] = float(op["timestamp"]["millis"])
+    elif choice == 2:  # the TS op log: op-level timestamp copied from the record, synced flag
+        rec = op.get("record") or op.get("orRecord")
+        if isinstance(rec, dict):
+            op["timestamp"] = copy.deepcopy(rec["timestamp"])
+        op["synced"] = False
+    elif choice == 3:  # one top-level field damaged or removed
+        f = draw(st.sampled_from(_FIELDS))
+        if draw(st.booleans()):
+            op.pop(f, None)
+        else:
+            op[f] = draw(st.sampled_from(_BAD))
+    elif choice == 4:  # one nested field damaged
+        rec_key = draw(st.sampled_from(["record", "orRecord", "timestamp"]))
+        target = op.get(rec_key)
+        if isinstance(target, dict):
+            f = draw(st.sampled_from(_NESTED))
+            if f in ("millis", "counter", "nodeId") and isinstance(target.get("timestamp"), dict):
+                target = target["timestamp"]
+            target[f] = draw(st.sampled_from(_BAD))
+    if draw(st.integers(0, 20)) == 0:
+        return draw(st.sampled_from(_BAD))  # not even a map
+    return op
 
 
 entries = st.builds(
