@@ -1,22 +1,27 @@
 """Pre-encoded protocol frames for the load generator.
 
 The load client must not be the bottleneck, so it never builds a message per
-op: each frame is MsgPack-encoded once with placeholder timestamps, the byte
-offsets of those placeholders are found once, and every send only patches the
-HLC ``millis`` (uint64) and ``counter`` (uint32) in place. Every op sent is
-therefore a real write (a strictly newer timestamp for its key), yet costs the
-client two small slice assignments.
+op: each frame is MsgPack-encoded once with placeholder timestamps and cut
+into the constant pieces around them, and every send joins those pieces with
+one packed ``millis`` (uint64) + ``counter`` (uint32) run: one ``struct``
+pack and one ``bytes.join``, whatever the batch size. Every op sent is
+therefore a real write (a strictly newer timestamp for its key).
+
+The server's ``OP_ACK`` of a frame whose every op succeeded is just as
+predictable (:meth:`BatchTemplate.ok_ack`), so the load client checks an ack
+by comparing bytes and unpacks only what differs.
 """
 
 from __future__ import annotations
 
 import struct
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import msgpack
 
-__all__ = ["BatchTemplate", "auth_frame", "encode", "mint_token", "wall_millis"]
+__all__ = ["BatchTemplate", "auth_frame", "encode", "mint_token", "ok_ack", "wall_millis"]
 
 _MILLIS_BASE = 0x5A5A_0000_0000_0000
 _COUNTER_BASE = 0xA5A5_0000
@@ -47,17 +52,39 @@ def mint_token(secret: str, subject: str = "bench") -> str:
     return str(jwt.encode({"sub": subject, "iat": now, "exp": now + 86_400}, secret, algorithm="HS256"))
 
 
+def ok_ack(op_ids: Sequence[str], level: str) -> bytes:
+    """The server's ``OP_ACK`` for ops ``op_ids`` when every one succeeded at ``level`` (PROTOCOL §4.3).
+
+    Byte for byte what the server encodes for an all-accepted batch (its
+    ``ok_ack_frame``; tested against both twins): ``lastId`` the last id, one
+    ``{opId, success: true, achievedLevel}`` result per op, in order.
+    """
+    if not op_ids:
+        raise ValueError("an OP_ACK acknowledges at least one op")
+    return encode(
+        {
+            "type": "OP_ACK",
+            "payload": {
+                "lastId": op_ids[-1],
+                "achievedLevel": level,
+                "results": [{"opId": i, "success": True, "achievedLevel": level} for i in op_ids],
+            },
+        }
+    )
+
+
 class BatchTemplate:
     """One ``OP_BATCH`` (or ``CLIENT_OP`` when ``single``) frame with patchable timestamps.
 
-    ``keys`` are the keys written by the frame, one op each, with ``value``
-    as every op's value. :meth:`stamp` writes a fresh ``(millis, counter)`` into
-    every op's record timestamp and returns the frame (a ``bytearray`` reused
-    by the next call: send it before stamping again; the WebSocket client
-    copies it while masking).
+    ``keys`` are the keys written by the frame, one op each (ids ``first_id``,
+    ``first_id + 1``, …), with ``value`` as every op's value. :meth:`stamp`
+    returns the frame with a fresh ``(millis, counter)`` in every op's record
+    timestamp; :meth:`ok_ack` the server's reply when every op succeeds.
+    ``frame`` is the encoded frame with its placeholder timestamps (a stamped
+    frame has the same length and layout).
     """
 
-    __slots__ = ("_counter_offsets", "_millis_offsets", "frame", "ops")
+    __slots__ = ("_chunks", "_gap", "_pack", "frame", "op_ids", "ops")
 
     def __init__(
         self,
@@ -72,13 +99,16 @@ class BatchTemplate:
     ) -> None:
         if single and len(keys) != 1:
             raise ValueError("a CLIENT_OP frame carries exactly one op")
+        if not keys:
+            raise ValueError("a frame carries at least one op")
         if len(keys) >= 0x1_0000:
             raise ValueError("at most 65,535 ops per frame")
+        op_ids = tuple(str(first_id + i) for i in range(len(keys)))
         ops = []
         for i, key in enumerate(keys):
             ops.append(
                 {
-                    "id": str(first_id + i),
+                    "id": op_ids[i],
                     "mapName": map_name,
                     "key": key,
                     "opType": "PUT",
@@ -103,25 +133,32 @@ class BatchTemplate:
                 payload["writeConcern"] = write_concern
             msg = {"type": "OP_BATCH", "payload": payload}
         raw = encode(msg)
-        millis_offsets: list[int] = []
-        counter_offsets: list[int] = []
+        # Each timestamp encodes as millis (uint64), the key "counter", then counter (uint32): one run
+        # of constant length per op, cut out so that stamping is a join of the pieces around the runs.
+        chunks: list[bytes] = []
+        gap = b""
+        pos = 0
         for i in range(len(keys)):
-            m = raw.index(b"\xcf" + _Q.pack(_MILLIS_BASE + i)) + 1
-            c = raw.index(b"\xce" + _I.pack(_COUNTER_BASE + i)) + 1
-            millis_offsets.append(m)
-            counter_offsets.append(c)
-        self.frame = bytearray(raw)
-        self._millis_offsets = millis_offsets
-        self._counter_offsets = counter_offsets
+            m = raw.index(b"\xcf" + _Q.pack(_MILLIS_BASE + i), pos) + 1
+            c = raw.index(b"\xce" + _I.pack(_COUNTER_BASE + i), m) + 1
+            if i == 0:
+                gap = raw[m + 8 : c]
+            elif raw[m + 8 : c] != gap:  # pragma: no cover - msgpack encodes every op alike
+                raise AssertionError("timestamps of the ops are laid out differently")
+            chunks.append(raw[pos:m])
+            pos = c + 4
+        chunks.append(raw[pos:])
+        self.frame = raw
+        self.op_ids = op_ids
         self.ops = len(keys)
+        self._chunks = chunks
+        self._gap = gap
+        self._pack = struct.Struct(f">Q{len(gap)}sI").pack
 
-    def stamp(self, millis: int, counter: int) -> bytearray:
-        """Give every op the timestamp ``(millis, counter)`` and return the frame."""
-        f = self.frame
-        mb = _Q.pack(millis)
-        cb = _I.pack(counter & 0xFFFF_FFFF)
-        for o in self._millis_offsets:
-            f[o : o + 8] = mb
-        for o in self._counter_offsets:
-            f[o : o + 4] = cb
-        return f
+    def stamp(self, millis: int, counter: int) -> bytes:
+        """The frame with every op's timestamp set to ``(millis, counter)`` (a new ``bytes``)."""
+        return self._pack(millis, self._gap, counter & 0xFFFF_FFFF).join(self._chunks)
+
+    def ok_ack(self, level: str) -> bytes:
+        """The server's ``OP_ACK`` of this frame when every op succeeded at ``level`` (see :func:`ok_ack`)."""
+        return ok_ack(self.op_ids, level)

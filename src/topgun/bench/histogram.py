@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from collections.abc import Iterable
 from typing import Any
 
 __all__ = ["Histogram"]
@@ -56,6 +58,35 @@ class Histogram:
             self.max = value
         if self.min < 0 or value < self.min:
             self.min = value
+
+    def record_many(self, values: Iterable[int]) -> None:
+        """Count every value of ``values``: the same counts as :meth:`record` of each, far cheaper.
+
+        The values are sorted once; then each bucket's count is one binary
+        search for the bucket's upper bound, so the Python work is per bucket
+        (a few hundred at most), not per value. The load client appends raw
+        latencies to an ``array`` and folds them in here outside its hot path.
+        """
+        vals = sorted(values)
+        n = len(vals)
+        if n == 0:
+            return
+        c = self.counts
+        i = 0
+        if vals[0] < 0:  # negative values count as 0
+            i = bisect_right(vals, -1)
+            c[0] = c.get(0, 0) + i
+            vals[:i] = [0] * i
+        while i < n:
+            idx = self._index(vals[i])
+            j = bisect_right(vals, self._upper(idx), i)
+            c[idx] = c.get(idx, 0) + (j - i)
+            i = j
+        self.total += n
+        if vals[-1] > self.max:
+            self.max = vals[-1]
+        if self.min < 0 or vals[0] < self.min:
+            self.min = vals[0]
 
     def merge(self, other: Histogram) -> None:
         """Add ``other``'s counts to this histogram."""

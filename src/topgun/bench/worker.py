@@ -11,6 +11,7 @@ the window and latency histograms.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import resource
@@ -26,6 +27,7 @@ from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 from topgun.bench.frames import BatchTemplate, auth_frame, encode, wall_millis
 from topgun.bench.histogram import Histogram
+from topgun.protocol.messages import WriteConcern
 
 __all__ = ["main"]
 
@@ -33,6 +35,10 @@ _Q = struct.Struct(">Q")
 _T_PLACE = 0x5B5B_0000_0000_0001
 _T_MARK = b"\xa1t\xcf"
 _BINARY = WSMsgType.BINARY
+_LEVELS = tuple(wc.value for wc in WriteConcern)
+_perf_ns = time.perf_counter_ns
+#: Latencies held before they are folded into the histogram during a window (8 bytes each).
+_FOLD_AT = 1 << 22
 
 
 def emit(event: str, **fields: Any) -> None:
@@ -143,14 +149,94 @@ def _ack_ok(data: bytes) -> tuple[bool, int, int]:
     return False, 0, 0
 
 
+class AckingConn(Conn):
+    """A connection that checks each ``OP_ACK`` by its bytes (base of the write scenarios' connections).
+
+    Every op of a template frame has a fixed id, so the ack of a frame whose
+    every op succeeded is a constant byte string (``BatchTemplate.ok_ack``):
+    ``on_ws_frame`` compares the payload with the expected one and counts the
+    frame's ops as acknowledged only on byte equality. Anything else goes to
+    :meth:`other`: a success ack at another achieved level (found among the
+    precomputed ones, which then becomes the expected one), or the full unpack
+    of :func:`_ack_ok`, which counts failures, mixed results and
+    ``OP_REJECTED`` frames as the load client always has.
+
+    The equality test does not read the frame's opcode (picows builds a Python
+    enum for it on every frame): no other frame can carry those bytes. A text
+    frame must be UTF-8, which never starts with a MsgPack map header (0x8X);
+    a CLOSE payload would start with close code 0x82A4, which is none; picows
+    answers PINGs itself, and this client sends none, so gets no PONG.
+    """
+
+    ok: bytes
+    ok_ops: int
+    oks: dict[bytes, int]
+    acked: int
+    failed: int
+    rejected: int
+    unpacked: int
+
+    def arm_acks(self, template: BatchTemplate, level: str) -> None:
+        """Expect ``template``'s all-success ack at ``level`` first; know it at every level."""
+        self.ok = template.ok_ack(level)
+        self.ok_ops = template.ops
+        self.oks = {template.ok_ack(lv): template.ops for lv in _LEVELS}
+        self.acked = self.failed = self.rejected = self.unpacked = 0
+
+    def other(self, frame: WSFrame, data: bytes) -> bool:
+        """Count a frame that is not the expected success ack; True when it is an ``OP_ACK``."""
+        if frame.msg_type is not _BINARY:
+            return False
+        n = self.oks.get(data)
+        if n is not None:  # every op succeeded, at another level than expected: expect that one now
+            self.ok = data
+            self.acked += n
+            return True
+        if b"OP_ACK" in data:
+            is_ack, ok, bad = _ack_ok(data)
+            if is_ack:
+                self.unpacked += 1
+                self.acked += ok
+                self.failed += bad
+                return True
+        if b"OP_REJECTED" in data:
+            self.rejected += 1
+        return False
+
+
+class Streamer(AckingConn):
+    """A fire-and-forget connection: ``window`` batches in flight; each ack sends the next batch."""
+
+    def arm(self, templates: list[BatchTemplate], level: str, inflight: int) -> None:
+        """Start streaming ``templates`` round-robin with ``inflight`` batches outstanding."""
+        first = templates[0]
+        if any(t.op_ids != first.op_ids for t in templates):
+            raise ValueError("the templates of one connection must share their op ids (one success ack)")
+        self.arm_acks(first, level)
+        self.next_template = itertools.cycle(templates).__next__
+        self.seq = 0
+        assert self.transport is not None
+        for _ in range(inflight):
+            self.seq += 1
+            self.transport.send(_BINARY, self.next_template().stamp(wall_millis(), self.seq))
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        data = frame.get_payload_as_bytes()
+        if data == self.ok:
+            self.acked += self.ok_ops
+        elif not self.other(frame, data):
+            return
+        self.seq = seq = self.seq + 1
+        transport.send(_BINARY, self.next_template().stamp(wall_millis(), seq))
+
+
 async def fire_and_forget(a: dict[str, Any]) -> dict[str, Any]:
     """C connections stream OP_BATCH frames of B ops, ``window`` batches in flight each; counts acked ops."""
     conns = await connect_many(a["url"], a["token"], a["connections"])
     batch, keyspace, inflight = a["batch"], a["keyspace"], a["window"]
-    state = {"acked": 0, "failed": 0, "rejected": 0}
-    seq = [0]
-
-    def make(ci: int, conn: Conn) -> None:
+    emit("ready")
+    streamers: list[Streamer] = []
+    for ci, conn in enumerate(conns):
         node = f"bench-ff-{os.getpid()}-{ci}"
         map_name = f"bench-ff-{a['run']}-{os.getpid()}-{ci}"
         templates = [
@@ -163,50 +249,68 @@ async def fire_and_forget(a: dict[str, Any]) -> dict[str, Any]:
             )
             for f in range(max(1, keyspace // batch))
         ]
-        pos = [0]
-
-        def send_next() -> None:
-            t = templates[pos[0] % len(templates)]
-            pos[0] += 1
-            seq[0] += 1
-            conn.send(t.stamp(wall_millis(), seq[0]))
-
-        def on_message(data: bytes) -> None:
-            is_ack, ok, bad = _ack_ok(data)
-            if is_ack:
-                state["acked"] += ok
-                state["failed"] += bad
-                send_next()
-            elif b"OP_REJECTED" in data:
-                state["rejected"] += 1
-
-        conn.on_message = on_message
-        for _ in range(inflight):
-            send_next()
-
-    emit("ready")
-    for ci, conn in enumerate(conns):
-        make(ci, conn)
-    n, secs, cpu = await window(a["warmup"], a["duration"], lambda: state["acked"])
+        conn.__class__ = Streamer
+        assert isinstance(conn, Streamer)
+        conn.arm(templates, a["ack"], inflight)
+        streamers.append(conn)
+    n, secs, cpu = await window(a["warmup"], a["duration"], lambda: sum(c.acked for c in streamers))
     _close(conns)
     return {
         "ops": n,
         "seconds": secs,
         "client_cpu": cpu,
-        "failed": state["failed"],
-        "rejected": state["rejected"],
+        "failed": sum(c.failed for c in streamers),
+        "rejected": sum(c.rejected for c in streamers),
+        "unpacked_acks": sum(c.unpacked for c in streamers),
     }
+
+
+class Waiter(AckingConn):
+    """A fire-and-wait connection: one CLIENT_OP in flight; its ack is checked, timed and answered here.
+
+    The whole per-op client path is this one method: the ack's bytes compared,
+    the latency appended to ``record`` (an ``array.append``; folded into the
+    histogram outside the hot path), the next op stamped and sent. The receive
+    time of an ack is also the send time of the next op, so a latency includes
+    the client's own turnaround (well under a microsecond): it errs high, never low.
+    """
+
+    def arm(
+        self, template: BatchTemplate, level: str, record: Callable[[int], None], wall_offset: int
+    ) -> None:
+        """Send the first op; ``wall_offset`` turns ``perf_counter_ns`` into wall-clock nanoseconds."""
+        self.arm_acks(template, level)
+        self.stamp = template.stamp
+        self.record = record
+        self.wall_offset = wall_offset
+        self.seq = 1
+        self.sent = now = _perf_ns()
+        assert self.transport is not None
+        self.transport.send(_BINARY, template.stamp((now + wall_offset) // 1_000_000, 1))
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        data = frame.get_payload_as_bytes()
+        now = _perf_ns()
+        if data == self.ok:
+            self.acked += 1
+        elif not self.other(frame, data):
+            return
+        self.record(now - self.sent)
+        self.sent = now
+        self.seq = seq = self.seq + 1
+        # HLC millis from the monotonic clock (wall clock at the start plus elapsed): never steps back.
+        transport.send(_BINARY, self.stamp((now + self.wall_offset) // 1_000_000, seq))
 
 
 async def fire_and_wait(a: dict[str, Any]) -> dict[str, Any]:
     """C connections each send one CLIENT_OP and wait for its OP_ACK before the next; latency histogram."""
     conns = await connect_many(a["url"], a["token"], a["connections"])
-    state = {"acked": 0, "failed": 0, "measuring": False}
     hist = Histogram()
-    seq = [0]
-    perf_ns = time.perf_counter_ns
-
-    def make(ci: int, conn: Conn) -> None:
+    lats = array("q")  # latencies (ns) since the window opened, or since the last fold
+    wall_offset = time.time_ns() - _perf_ns()
+    emit("ready")
+    waiters: list[Waiter] = []
+    for ci, conn in enumerate(conns):
         t = BatchTemplate(
             f"bench-fw-{a['run']}-{os.getpid()}-{ci}",
             ["k"],
@@ -215,44 +319,32 @@ async def fire_and_wait(a: dict[str, Any]) -> dict[str, Any]:
             write_concern=a["ack"],
             single=True,
         )
-        sent = [0]
-
-        def send_next() -> None:
-            seq[0] += 1
-            frame = t.stamp(wall_millis(), seq[0])
-            sent[0] = perf_ns()
-            conn.send(frame)
-
-        def on_message(data: bytes) -> None:
-            if b"OP_ACK" in data:
-                now = perf_ns()
-                is_ack, ok, bad = _ack_ok(data)
-                if is_ack:
-                    state["acked"] += ok
-                    state["failed"] += bad
-                    if state["measuring"]:
-                        hist.record(now - sent[0])
-                    send_next()
-
-        conn.on_message = on_message
-        send_next()
-
-    emit("ready")
-    for ci, conn in enumerate(conns):
-        make(ci, conn)
+        conn.__class__ = Waiter
+        assert isinstance(conn, Waiter)
+        conn.arm(t, a["ack"], lats.append, wall_offset)
+        waiters.append(conn)
+    measuring = [False]
 
     def count() -> int:
-        state["measuring"] = True
-        return state["acked"]
+        if not measuring[0]:  # the window opens: drop the warm-up's latencies
+            measuring[0] = True
+            del lats[:]
+        elif len(lats) >= _FOLD_AT:  # a long run: bound the memory (this fold is client CPU in the window)
+            hist.record_many(lats)
+            del lats[:]
+        return sum(c.acked for c in waiters)
 
     n, secs, cpu = await window(a["warmup"], a["duration"], count)
-    state["measuring"] = False
+    # No await since the window's last count(): ``lats`` holds exactly the window's remaining latencies.
+    hist.record_many(lats)
     _close(conns)
     return {
         "ops": n,
         "seconds": secs,
         "client_cpu": cpu,
-        "failed": state["failed"],
+        "failed": sum(c.failed for c in waiters),
+        "rejected": sum(c.rejected for c in waiters),
+        "unpacked_acks": sum(c.unpacked for c in waiters),
         "latency": hist.to_json(),
     }
 
@@ -336,7 +428,7 @@ async def fan_out(a: dict[str, Any]) -> dict[str, Any]:
             write_concern="APPLIED",
             single=True,
         )
-        off = bytes(t.frame).index(b"\xcf" + _Q.pack(_T_PLACE)) + 1
+        off = t.frame.index(b"\xcf" + _Q.pack(_T_PLACE)) + 1
         templates.append((w, t, off))
 
         def on_ack(data: bytes) -> None:
@@ -354,7 +446,7 @@ async def fan_out(a: dict[str, Any]) -> dict[str, Any]:
         while not stop.is_set():
             for w, t, off in templates:
                 seq += 1
-                frame = t.stamp(wall_millis(), seq)
+                frame = bytearray(t.stamp(wall_millis(), seq))
                 _Q.pack_into(frame, off, perf_ns())
                 w.send(frame)
                 if state["measuring"]:
@@ -378,8 +470,7 @@ async def fan_out(a: dict[str, Any]) -> dict[str, Any]:
     stop.set()
     await pacer
     _close(subs + writers)
-    for v in lats:
-        hist.record(v)
+    hist.record_many(lats)
     return {
         "deliveries": n,
         "seconds": secs,
