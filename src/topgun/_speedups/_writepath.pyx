@@ -7,7 +7,7 @@ Python call besides the value encoder; any other change goes through the pure
 twin, one change at a time, so the two cannot disagree on unusual input.
 """
 
-from cpython.object cimport PyObject
+from cpython.object cimport PyObject, PyTypeObject
 from cpython.ref cimport Py_INCREF, Py_DECREF
 from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
@@ -22,7 +22,7 @@ from topgun._speedups._hashing cimport c_item_hash
 from topgun._speedups._hlc cimport HLC, ts_cmp
 from topgun._speedups._lww cimport LWWMap
 from topgun._speedups._merkle cimport MerkleTree
-from topgun._speedups._slots cimport member_offset
+from topgun._speedups._slots cimport PyType_GenericAlloc, member_offset
 
 from topgun.errors import StorageError
 from topgun.protocol.messages import ClientOp, OpType, WriteConcern
@@ -33,6 +33,7 @@ from topgun.server.changes import (
 from topgun.server.storage.base import MapKind, encode_value
 
 cdef extern from "Python.h":
+    void _tuple_set "PyTuple_SET_ITEM"(PyObject*, Py_ssize_t, PyObject*)
     long long PyLong_AsLongLongAndOverflow(object, int*) except? -1
     const char* PyUnicode_AsUTF8AndSize(object, Py_ssize_t*) except NULL
     object PyBytes_FromStringAndSize(const char*, Py_ssize_t)
@@ -62,6 +63,35 @@ cdef object _drift_outcome = drift_outcome
 cdef object _tuple_new = tuple.__new__
 
 
+cdef PyTypeObject* _CHANGE_T = <PyTypeObject*>Change
+# the object True (a literal True cast to a pointer would be the C integer 1)
+cdef object _TRUE = True
+
+
+cdef object _change(object name, object key, object kind, object record, object previous):
+    """``Change(name, key, kind, record, previous=previous)`` of an LWW write: what
+    ``tuple.__new__(Change, ...)`` builds, without the temporary tuple and the Python-level call."""
+    cdef PyObject* o = PyType_GenericAlloc(_CHANGE_T, 9)
+    cdef PyObject* items[9]
+    cdef Py_ssize_t i
+    items[0] = <PyObject*>name
+    items[1] = <PyObject*>key
+    items[2] = <PyObject*>kind
+    items[3] = <PyObject*>record
+    items[4] = <PyObject*>None
+    items[5] = <PyObject*>None
+    items[6] = <PyObject*>None
+    items[7] = <PyObject*>_TRUE
+    items[8] = <PyObject*>previous
+    for i in range(9):
+        Py_INCREF(<object>items[i])
+        _tuple_set(o, i, items[i])
+    # the allocation's own reference becomes the returned object's
+    cdef object r = <object>o
+    Py_DECREF(r)
+    return r
+
+
 cdef inline bint _small_nonneg(object x, long long* out) except -1:
     """True when ``x`` is an exact int in [0, 2**63 - 1] (its value in ``out``)."""
     cdef int ovf = 0
@@ -81,6 +111,10 @@ cdef inline bint _storable_ttl(object ttl) except -1:
     return ovf == 0
 
 
+cdef enum:
+    _SMALL = 8
+
+
 cdef class _MerkleBatch:
     """Merkle updates of a run, applied together (grouped by leaf, as ``merge_many`` does).
 
@@ -92,11 +126,21 @@ cdef class _MerkleBatch:
     cdef uint32_t* kh
     cdef uint32_t* ih
     cdef Py_ssize_t n, cap
+    # Room for a short run inside the object: most runs are a batch of one or a few writes.
+    cdef PyObject* small_keys[_SMALL]
+    cdef uint32_t small_kh[_SMALL]
+    cdef uint32_t small_ih[_SMALL]
 
     def __cinit__(self, MerkleTree tree, Py_ssize_t cap):
         self.tree = tree
-        self.cap = cap if cap > 0 else 1
         self.n = 0
+        if cap <= _SMALL:
+            self.cap = _SMALL
+            self.keys = self.small_keys
+            self.kh = self.small_kh
+            self.ih = self.small_ih
+            return
+        self.cap = cap
         self.keys = <PyObject**>malloc(self.cap * sizeof(PyObject*))
         self.kh = <uint32_t*>malloc(self.cap * sizeof(uint32_t))
         self.ih = <uint32_t*>malloc(self.cap * sizeof(uint32_t))
@@ -129,9 +173,10 @@ cdef class _MerkleBatch:
         if self.keys != NULL:
             for i in range(self.n):
                 Py_DECREF(<object>self.keys[i])
-        free(self.keys)
-        free(self.kh)
-        free(self.ih)
+        if self.keys != self.small_keys:
+            free(self.keys)
+            free(self.kh)
+            free(self.ih)
 
 
 def apply_lww_run(lww, hlc, batch, changes, Py_ssize_t start, long long wall,
@@ -299,7 +344,9 @@ cdef Py_ssize_t _run(lww, hlc, batch, changes, Py_ssize_t start, long long wall,
                     continue
             else:
                 current = <object>found
-                cts = current[1]
+                # a stored record is an LWWRecord: indexing a NamedTuple from C would go through
+                # its Python-level __getitem__
+                cts = <object>PyTuple_GET_ITEM(current, 1) if PyTuple_Check(current) else current[1]
                 c = ts_cmp(ts, cts)
                 if c <= 0:
                     if chlc is not None:
@@ -329,8 +376,7 @@ cdef Py_ssize_t _run(lww, hlc, batch, changes, Py_ssize_t start, long long wall,
             cmap._merge_data(<str>key, record, ts)
             if tree is not None:
                 tree.add(<str>key, ts)
-            effective.append(_tuple_new(_Change, (name, key, _REMOVE if value is None else _PUT, record,
-                                                  None, None, None, True, current)))
+            effective.append(_change(name, key, _REMOVE if value is None else _PUT, record, current))
             outcomes.append(_APPLIED)
     finally:
         # The tree catches up with every record stored, even when a later change raised.
@@ -402,8 +448,7 @@ def plain_changes(ops, requested):
             if r > top:
                 requested = wc
                 top = r
-        changes.append(_tuple_new(_Change, (name, _slot(op, _op_off[1]), _PUT if t is _OP_PUT else _REMOVE,
-                                            record, None, None, None, True, None)))
+        changes.append(_change(name, _slot(op, _op_off[1]), _PUT if t is _OP_PUT else _REMOVE, record, None))
     return changes, maps, requested
 
 
