@@ -190,6 +190,21 @@ def test_unsubscribe_and_drop_connection() -> None:
     assert w.put("m", "k2", {"t": 1}) == []
 
 
+def test_watched_maps_cover_every_map_the_engine_watches() -> None:
+    # The grid skips a listener for batches naming no map in its watched_maps: every map a
+    # change to which can matter (subscriptions, record indexes) must be in it, also later.
+    w = World()
+    assert not w.engine.watched_maps and not w.engine.watches("m")
+    w.engine.subscribe(Conn(1), "a", "m", {"where": {"t": 1}})
+    w.engine.ensure_index("idx", "n", "sorted")
+    for name in ("m", "idx"):
+        assert w.engine.watches(name) and name in w.engine.watched_maps
+    assert not w.engine.watches("other") and "other" not in w.engine.watched_maps
+    w.engine.drop_connection(1)
+    assert not w.engine.watches("m")
+    assert {n for n in ("m", "idx", "other") if w.engine.watches(n)} <= w.engine.watched_maps
+
+
 def test_identical_queries_share_one_window() -> None:
     w = World()
     for i in range(5):

@@ -270,9 +270,11 @@ def _fields(op: ClientOp) -> dict[str, Any]:
 class _Listener:
     """Records what it hears; fails on demand (the others must still hear)."""
 
-    def __init__(self, fail: bool) -> None:
+    def __init__(self, fail: bool, watched_maps: set[str] | None = None) -> None:
         self.fail = fail
         self.heard: list[tuple[list[Change], Any]] = []
+        if watched_maps is not None:
+            self.watched_maps = watched_maps
 
     def on_changes(self, changes: Any, origin: Any) -> None:
         self.heard.append((list(changes), origin))
@@ -318,7 +320,8 @@ async def _grid_apply(twin: Any, url: str, changes: list[Change], fail_first: bo
         tag = f"{WALL}:0:n1"
         grid.apply([Change.or_add("o", "a", ORMapRecord(0, Timestamp(WALL, 0, "n1"), tag))], first)
         await grid.committer.drain()  # type: ignore[union-attr]
-        listeners = [_Listener(fail_first), _Listener(False)]
+        # The third one only acts on "fresh" (and says so); it is added before that map exists.
+        listeners = [_Listener(fail_first), _Listener(False), _Listener(False, {"fresh"})]
         for listener in listeners:
             grid.add_listener(listener)
         batch = grid.committer.batch  # type: ignore[union-attr]
@@ -366,6 +369,9 @@ async def test_grid_apply_twins_agree(
         if name in got["kinds"]:
             assert any(c.map_name == name for c in got["effective"])
     assert got["heard"][1] == ([(got["effective"], got["heard"][1][0][1])] if got["effective"] else [])
+    # A listener with watched_maps hears a batch (all of it) only when a change names one of them.
+    touches = any(c.map_name == "fresh" for c in got["effective"])
+    assert got["heard"][2] == (got["heard"][1] if touches else [])
 
 
 async def test_grid_apply_falls_back_beyond_62_bits(twin: Any) -> None:

@@ -249,12 +249,26 @@ def apply_changes(grid, changes, origin):
         i += 1
     commit = committer.commit_future() if batch else None
     if effective:
-        for listener in grid._listeners:
+        for entry in grid._listeners:
+            listener, watched = entry
+            if watched is not None and not _touches(effective, watched):
+                continue
             try:
                 listener.on_changes(effective, origin)
             except Exception:
                 _log.exception("change listener %r failed", listener)
     return _tuple_new(_ApplyResult, (outcomes, effective, commit))
+
+
+cdef bint _touches(list effective, object watched) except -1:
+    """Whether a change of ``effective`` names a map in ``watched`` (any container)."""
+    cdef Py_ssize_t i
+    cdef object ch
+    for i in range(PyList_GET_SIZE(effective)):
+        ch = <object>PyList_GET_ITEM(effective, i)
+        if (<object>PyTuple_GET_ITEM(ch, 0) if PyTuple_Check(ch) else ch.map_name) in watched:
+            return True
+    return False
 
 
 cdef Py_ssize_t _run(lww, hlc, batch, changes, Py_ssize_t start, long long wall,

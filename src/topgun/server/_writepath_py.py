@@ -63,12 +63,13 @@ def apply_changes(grid: Any, changes: Iterable[Change], origin: Origin) -> Apply
     nothing); OR-Map changes go to the grid's own ``_apply_or_add`` /
     ``_apply_or_remove``. Then the open batch's commit future is taken (if
     anything was staged) and every listener hears of the effective changes, in
-    registration order; a listener that raises is logged and the others still run.
+    registration order (one whose ``watched_maps`` names no map of the batch is
+    skipped); a listener that raises is logged and the others still run.
 
     ``grid`` is read through its ``committer``, ``max_drift_ms``, ``_wall``,
     ``_kinds``, ``_lww``, ``_horizons``, ``_keeps_rows``, ``_hlc`` and
-    ``_listeners`` and the methods ``_new_lww``, ``_register``, ``_apply_or_add``
-    and ``_apply_or_remove``.
+    ``_listeners`` (``(listener, watched_maps or None)`` pairs) and the methods
+    ``_new_lww``, ``_register``, ``_apply_or_add`` and ``_apply_or_remove``.
     """
     committer = grid.committer
     if committer is None:
@@ -109,7 +110,9 @@ def apply_changes(grid: Any, changes: Iterable[Change], origin: Origin) -> Apply
         i += 1
     commit = committer.commit_future() if batch else None
     if effective:
-        for listener in grid._listeners:
+        for listener, watched in grid._listeners:
+            if watched is not None and not any(ch.map_name in watched for ch in effective):
+                continue
             try:
                 listener.on_changes(effective, origin)
             except Exception:

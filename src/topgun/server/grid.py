@@ -28,7 +28,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from topgun.core.hlc import HLC, wall_millis
@@ -113,7 +113,14 @@ class GcReport(NamedTuple):
 
 @runtime_checkable
 class ChangeListener(Protocol):
-    """Told, synchronously inside :meth:`Grid.apply`, about every effective change."""
+    """Told, synchronously inside :meth:`Grid.apply`, about every effective change.
+
+    A listener that only ever acts on some maps may also have a ``watched_maps``
+    attribute: a live container of map names (a set or dict it keeps up to date)
+    that holds at least every map it acts on. The grid then skips the call for a
+    batch none of whose effective changes names a map in it; a batch that touches
+    one still brings every change of the batch, as without the attribute.
+    """
 
     def on_changes(self, changes: Sequence[Change], origin: Origin) -> None:
         """``changes`` are already merged and staged for persistence; do not mutate the grid here."""
@@ -224,7 +231,8 @@ class Grid:
         self._lww: dict[str, LWWMap] = {}
         self._or: dict[str, ORMap] = {}
         self._horizons: dict[str, Timestamp] = {}
-        self._listeners: list[ChangeListener] = []
+        # (listener, its watched_maps or None): what apply_changes walks after every batch
+        self._listeners: list[tuple[ChangeListener, Container[str] | None]] = []
         self.committer: GroupCommitter | None = None
         #: Counter states and lock fencing counters read by ``start()``, for the coordination
         #: handlers, so that start-up reads storage once.
@@ -324,11 +332,15 @@ class Grid:
         return self._horizons.get(map_name)
 
     def add_listener(self, listener: ChangeListener) -> None:
-        self._listeners.append(listener)
+        self._listeners.append((listener, getattr(listener, "watched_maps", None)))
 
     def remove_listener(self, listener: ChangeListener) -> None:
         """Stop telling ``listener`` about changes."""
-        self._listeners.remove(listener)
+        for i, (known, _watched) in enumerate(self._listeners):
+            if known is listener:
+                del self._listeners[i]
+                return
+        raise ValueError(f"{listener!r} is not a listener of this grid")
 
     def map_sizes(self) -> Iterator[tuple[str, int]]:
         """``(map, live entries)`` for metrics."""

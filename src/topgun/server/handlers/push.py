@@ -92,6 +92,11 @@ class PushNotifier:
                     del self._interest[name]
 
     # -- ChangeListener ----------------------------------------------------------------------------
+    @property
+    def watched_maps(self) -> dict[str, dict[int, RequestContext]]:
+        """Maps some connection is interested in (the live interest table, keyed by map)."""
+        return self._interest
+
     def on_changes(self, changes: Sequence[Change], origin: Origin) -> None:
         interest = self._interest
         if not interest:

@@ -175,6 +175,11 @@ class QueryService:
         self.engine.drop_connection(ctx.connection_id)
 
     # -- ChangeListener ---------------------------------------------------------------------------
+    @property
+    def watched_maps(self) -> set[str]:
+        """Maps a change to which may matter to a live query (the engine's live set)."""
+        return self.engine.watched_maps
+
     def on_changes(self, changes: Sequence[Change], origin: Origin) -> None:
         """Feed committed LWW changes to the engine and queue the resulting ``QUERY_UPDATE``s."""
         engine = self.engine

@@ -376,6 +376,9 @@ class QueryEngine:
         self._windows: dict[Any, Window] = {}
         self._by_conn: dict[int, dict[str, Subscription]] = {}
         self._by_map: dict[str, SubscriptionIndex] = {}
+        #: every map that ever had a subscription or a record index (never shrinks): a superset of
+        #: the maps :meth:`watches` is true for, so the grid may skip batches touching none of them
+        self.watched_maps: set[str] = set()
         #: counters for tests and metrics
         self.stats = {"snapshots": 0, "index_builds": 0, "full_scans": 0, "refreshes": 0}
 
@@ -391,6 +394,7 @@ class QueryEngine:
         """The ``kind`` (``hash`` or ``sorted``) index of ``map_name.field``, built from the source if new."""
         table: dict[str, dict[str, Any]] = self._hash if kind == "hash" else self._sorted  # type: ignore[assignment]
         per = table.setdefault(map_name, {})
+        self.watched_maps.add(map_name)
         idx = per.get(field)
         if idx is None:
             idx = HashIndex(field) if kind == "hash" else SortedIndex(field)
@@ -508,6 +512,7 @@ class QueryEngine:
         ms = self._by_map.get(sub.map_name)
         if ms is None:
             ms = self._by_map[sub.map_name] = self._new_index()
+            self.watched_maps.add(sub.map_name)
         leaves = _conjuncts(sub.spec)
         eqs = _eq_leaves(leaves)
         if eqs:
