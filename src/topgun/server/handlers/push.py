@@ -117,8 +117,16 @@ class PushNotifier:
                 ctx.send_frame(frame)
                 self.frames_sent += 1
             return
-        # Several changes: collect per receiver the indices of its events, then encode each distinct
-        # index list once (normally every receiver gets the same list).
+        # Several changes, normally a run to one map whose only interested connection is the
+        # writer: settle that per distinct map before looking at changes one by one.
+        for name in {change.map_name for change in changes}:
+            conns = interest.get(name)
+            if conns and (len(conns) > 1 or exclude not in conns):
+                break
+        else:
+            return
+        # Collect per receiver the indices of its events, then encode each distinct index list
+        # once (normally every receiver gets the same list).
         per_conn: dict[int, list[int]] = {}
         ctxs: dict[int, RequestContext] = {}
         # Changes come in runs of one map: look its receivers up once per run.
