@@ -234,6 +234,16 @@ cdef class LWWMap:
             self._hlc.update(ts)
         return self._store_if_newer(key, record, ts)
 
+    cdef int _store_winner(self, str key, object record, object ts) except -1:
+        """``_merge_data`` for a record the caller has already compared with the stored one (it
+        wins, or nothing is stored): the clock sees it, then one dict store, no second compare."""
+        if self._chlc is not None:
+            self._chlc.c_update(ts)
+        elif self._hlc is not None:
+            self._hlc.update(ts)
+        PyDict_SetItem(self._data, key, record)
+        return 0
+
     cdef bint _store_if_newer(self, str key, object record, object ts) except -1:
         """§3.2 steps 2-3 for a record whose timestamp the clock has already seen."""
         cdef PyObject* local

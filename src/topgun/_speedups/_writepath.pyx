@@ -387,7 +387,7 @@ cdef Py_ssize_t _run(lww, hlc, batch, changes, Py_ssize_t start, long long wall,
                 staged += 1
             # else: a store that keeps no rows; the checks above are all it would refuse
             # Wins by construction (compared above); the map's own clock sees the timestamp.
-            cmap._merge_data(<str>key, record, ts)
+            cmap._store_winner(<str>key, record, ts)
             if tree is not None:
                 tree.add(<str>key, ts)
             effective.append(_change(name, key, _REMOVE if value is None else _PUT, record, current))
