@@ -392,3 +392,29 @@ async def test_grid_apply_falls_back_beyond_62_bits(twin: Any) -> None:
     finally:
         await grid.close()
         await storage.close()
+
+
+async def test_grid_apply_with_a_huge_drift_setting_or_no_kept_state(twin: Any) -> None:
+    """A drift bound beyond 62 bits takes the specification's path; a grid whose kept state is
+    missing (or stale) is read afresh. Both give what the other twin gives."""
+    from topgun.server.changes import ChangeSource, Origin
+    from topgun.server.grid import Grid
+    from topgun.server.storage import open_storage
+
+    for drift, drop_state in ((2**62 + 5, False), (DRIFT, True)):
+        storage = open_storage("memory://")
+        await storage.open()
+        grid = Grid(storage, wall_clock=Wall(WALL), node_id="srv-test", max_drift_ms=drift)
+        await grid.start()
+        try:
+            if drop_state:
+                grid._apply_state = None
+            far = Change.put("m", "far", LWWRecord(1, Timestamp(WALL + DRIFT + 10, 0, "n1")))
+            near = Change.put("m", "k", LWWRecord(2, Timestamp(WALL, 0, "n1")))
+            result = twin.writepath.apply_changes(grid, [far, near], Origin(ChangeSource.CLIENT, 1))
+            # far ahead of the clock: accepted only under the huge bound
+            assert [o.code for o in result.outcomes] == ([0, 0] if drift > DRIFT else [422, 0])
+            assert grid.lww("m").get("k") == 2  # type: ignore[union-attr]
+        finally:
+            await grid.close()
+            await storage.close()

@@ -37,7 +37,7 @@ from topgun.server.changes import (
 )
 from topgun.server.storage.base import MapKind, WriteBatch, check_lww_row
 
-__all__ = ["apply_changes", "apply_lww_run", "apply_one", "ok_ack_frame", "plain_changes"]
+__all__ = ["apply_changes", "apply_lww_run", "apply_one", "apply_state", "ok_ack_frame", "plain_changes"]
 
 log = logging.getLogger("topgun.grid")
 
@@ -51,6 +51,12 @@ _tuple_new = tuple.__new__
 _OP_PUT = OpType.PUT
 _OP_REMOVE = OpType.REMOVE
 _RANK = {wc: wc.rank for wc in WriteConcern}
+
+
+def apply_state(grid: Any) -> Any:
+    """What :func:`apply_changes` keeps of a started grid: nothing, it reads the grid itself (the
+    compiled twin holds the grid's dicts, clock, committer and listeners at C level)."""
+    return None
 
 
 def apply_changes(grid: Any, changes: Iterable[Change], origin: Origin) -> ApplyResult:

@@ -28,7 +28,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable, Container, Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from topgun.core.hlc import HLC, wall_millis
@@ -50,7 +50,7 @@ from topgun.server.changes import (
 )
 from topgun.server.persistence import GroupCommitter
 from topgun.server.storage.base import MapKind, Snapshot, Storage, StorageKind, WriteBatch
-from topgun.server.writepath import apply_changes
+from topgun.server.writepath import apply_changes, apply_state
 
 __all__ = [
     "DEFAULT_MAX_DRIFT_MS",
@@ -242,6 +242,8 @@ class Grid:
         self.durable = storage.kind is not StorageKind.MEMORY
         # A store that keeps no rows (private memory://) gets no LWW rows staged at all.
         self._keeps_rows = bool(getattr(storage, "keeps_rows", True))
+        # What the merge step keeps of this grid once started (see writepath.apply_state).
+        self._apply_state: Any = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -262,6 +264,7 @@ class Grid:
             target = _TimedStorage(self.storage, self._commit_observer)
         self.committer = GroupCommitter(target, max_batch_ops=self._max_batch_ops)
         self.committer.start()
+        self._apply_state = apply_state(self)
         if fresh or snapshot.meta.get(NODE_ID_META_KEY) != node_id:
             self.committer.batch.set_meta(NODE_ID_META_KEY, node_id)
             await self.committer.commit_future()
@@ -350,15 +353,12 @@ class Grid:
             yield name, len(orm)
 
     # -- the merge entry point ---------------------------------------------------------------------
-    def apply(self, changes: Iterable[Change], origin: Origin) -> ApplyResult:
-        """Validate, merge, stage for persistence and announce ``changes``, one by one, in order.
-
-        Per change (PROTOCOL §5.6 steps 3-8): map kind (409), clock drift (422),
-        retention horizon (409), clock update, merge; then the listeners hear of
-        the effective changes. Never awaits. The rule is
-        :func:`topgun.server._writepath_py.apply_changes`.
-        """
-        return apply_changes(self, changes, origin)
+    #: ``apply(changes, origin) -> ApplyResult``: validate, merge, stage for persistence and
+    #: announce ``changes``, one by one, in order. Per change (PROTOCOL §5.6 steps 3-8): map kind
+    #: (409), clock drift (422), retention horizon (409), clock update, merge; then the listeners
+    #: hear of the effective changes. Never awaits. The merge step's twins are the method itself
+    #: (no Python frame in between); its rule is :func:`topgun.server._writepath_py.apply_changes`.
+    apply = apply_changes
 
     def _register(self, name: str, m: LWWMap | ORMap, batch: WriteBatch) -> None:
         """Make ``m`` the map called ``name``: its kind is fixed from now on (and stored)."""

@@ -9,12 +9,19 @@ from typing import TYPE_CHECKING
 from topgun._ext import load
 
 if TYPE_CHECKING:
-    from topgun.server._writepath_py import apply_changes, apply_lww_run, ok_ack_frame, plain_changes
+    from topgun.server._writepath_py import (
+        apply_changes,
+        apply_lww_run,
+        apply_state,
+        ok_ack_frame,
+        plain_changes,
+    )
 else:
     _impl = load("topgun._speedups._writepath", "topgun.server._writepath_py")
     apply_changes = _impl.apply_changes
     apply_lww_run = _impl.apply_lww_run
+    apply_state = _impl.apply_state
     ok_ack_frame = _impl.ok_ack_frame
     plain_changes = _impl.plain_changes
 
-__all__ = ["apply_changes", "apply_lww_run", "ok_ack_frame", "plain_changes"]
+__all__ = ["apply_changes", "apply_lww_run", "apply_state", "ok_ack_frame", "plain_changes"]
