@@ -24,7 +24,7 @@ from cpython.float cimport PyFloat_CheckExact, PyFloat_AS_DOUBLE, PyFloat_FromDo
 from cpython.bool cimport PyBool_Check
 from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
 from cpython.object cimport PyObject, PyTypeObject
-from cpython.ref cimport Py_INCREF, Py_DECREF
+from cpython.ref cimport Py_INCREF, Py_DECREF, Py_XDECREF
 
 from topgun._speedups._slots cimport PyType_GenericAlloc, member_offset
 
@@ -35,6 +35,10 @@ cdef extern from "Python.h":
     void PyTuple_SET_ITEM(PyObject*, Py_ssize_t, PyObject*)
     object PyUnicode_DecodeUTF8(const char*, Py_ssize_t, const char*)
     void PyUnicode_InternInPlace(PyObject**)
+    # the same macros on borrowed pointers (no reference counting around them)
+    bint _u_compact_ascii "PyUnicode_IS_COMPACT_ASCII"(PyObject*) noexcept nogil
+    const void* _u_data "PyUnicode_DATA"(PyObject*) noexcept nogil
+    Py_ssize_t _u_len "PyUnicode_GET_LENGTH"(PyObject*) noexcept nogil
 
 import msgpack
 
@@ -860,6 +864,106 @@ cdef object _rd_str(Rd* r):
     return PyUnicode_DecodeUTF8(<const char*>(r.b + r.pos - n), n, NULL)
 
 
+# Recently decoded short strings, by their UTF-8 bytes. The keys of user values are the same
+# few strings in op after op (and msgpack interns each one: a UTF-8 check, a new str, a
+# siphash and an interned-dict lookup, for the str it already holds), and op ids repeat
+# from batch to batch; a direct-mapped table returns the str decoded last time for the same
+# bytes instead. A slot is trusted only after comparing the bytes (a cheap hash picks the
+# slot, nothing more); it holds compact ASCII strs only, whose data are their UTF-8 bytes,
+# so non-ASCII and invalid UTF-8 always take the decoder. Equal strs only: what a caller
+# sees is unchanged. The GIL serialises access.
+cdef enum:
+    STR_CACHE_MAX = 32     # longer strings are decoded every time
+    KEY_CACHE_BITS = 9     # value-map keys: 512 slots, each an interned str
+    ID_CACHE_BITS = 10     # op ids: 1024 slots (a batch of a few hundred ops mostly fits)
+
+cdef PyObject* _key_cache[1 << KEY_CACHE_BITS]
+cdef PyObject* _id_cache[1 << ID_CACHE_BITS]
+
+
+cdef inline uint64_t _short_hash(const uint8_t* s, Py_ssize_t n) noexcept nogil:
+    """A slot picker for 0 <= n <= STR_CACHE_MAX bytes (its top bits are the slot)."""
+    cdef uint64_t a = 0, b = 0
+    cdef Py_ssize_t i
+    if n >= 8:
+        memcpy(&a, s, 8)
+        memcpy(&b, s + n - 8, 8)
+    else:
+        for i in range(n):
+            a = (a << 8) | s[i]
+    return ((a * <uint64_t>0x9E3779B97F4A7C15) ^ (b * <uint64_t>0xC2B2AE3D27D4EB4F) ^ <uint64_t>n) \
+        * <uint64_t>0x9E3779B97F4A7C15
+
+
+cdef inline bint _cached_is(PyObject* c, const uint8_t* s, Py_ssize_t n) noexcept nogil:
+    """Whether the cached str ``c`` (or NULL) is exactly the UTF-8 bytes ``s[:n]``."""
+    return (c != NULL and _u_compact_ascii(c) and _u_len(c) == n
+            and memcmp(_u_data(c), s, n) == 0)
+
+
+cdef inline void _cache_put(PyObject** slot, object s) noexcept:
+    """Keep ``s`` in ``slot`` when it is compact ASCII (the only kind :func:`_cached_is` matches)."""
+    cdef PyObject* old
+    if _u_compact_ascii(<PyObject*>s):
+        old = slot[0]
+        Py_INCREF(s)
+        slot[0] = <PyObject*>s
+        Py_XDECREF(old)
+
+
+cdef object _rd_key(Rd* r):
+    """The key of a value map (the scan guarantees a string), interned as msgpack interns it;
+    invalid UTF-8 raises."""
+    cdef Py_ssize_t n = _str_len(r)
+    cdef const uint8_t* s = r.b + r.pos
+    cdef PyObject** slot = NULL
+    cdef PyObject* e
+    cdef object k
+    r.pos += n
+    if n <= STR_CACHE_MAX:
+        slot = &_key_cache[_short_hash(s, n) >> (64 - KEY_CACHE_BITS)]
+        if _cached_is(slot[0], s, n):
+            # interned when stored, and kept alive (so interned) by the slot: the very str
+            # msgpack's InternInPlace would return
+            return <object>slot[0]
+    k = PyUnicode_DecodeUTF8(<const char*>s, n, NULL)
+    # InternInPlace owns (and may replace) the reference in e
+    e = <PyObject*>k
+    Py_INCREF(k)
+    PyUnicode_InternInPlace(&e)
+    k = <object>e
+    Py_DECREF(k)
+    if slot != NULL:
+        _cache_put(slot, k)
+    return k
+
+
+cdef object _rd_opt_id(Rd* r):
+    """Like _rd_opt_str (nil -> None, str -> an equal str, anything else abandons), returning the
+    str of the same short bytes decoded before when there is one."""
+    cdef Py_ssize_t start = r.pos, n
+    cdef const uint8_t* s
+    cdef PyObject** slot
+    cdef object o
+    if r.b[r.pos] == 0xC0:
+        r.pos += 1
+        return None
+    n = _str_len(r)
+    if n < 0:
+        r.pos = start
+        raise _Abandon()
+    s = r.b + r.pos
+    r.pos += n
+    if n > STR_CACHE_MAX:
+        return PyUnicode_DecodeUTF8(<const char*>s, n, NULL)
+    slot = &_id_cache[_short_hash(s, n) >> (64 - ID_CACHE_BITS)]
+    if _cached_is(slot[0], s, n):
+        return <object>slot[0]
+    o = PyUnicode_DecodeUTF8(<const char*>s, n, NULL)
+    _cache_put(slot, o)
+    return o
+
+
 cdef object _rd_int(Rd* r):
     """An int field: any integer or an integral float, else _FAIL (cursor unchanged)."""
     cdef uint8_t c = r.b[r.pos]
@@ -924,7 +1028,6 @@ cdef object _rd_value(Rd* r, int depth):
     cdef object o, k
     cdef list lst
     cdef dict dct
-    cdef PyObject* e
     cdef int code
     if depth > 300:
         raise _Abandon()
@@ -959,13 +1062,7 @@ cdef object _rd_value(Rd* r, int depth):
         n = _map_len(r)
         dct = {}
         for i in range(n):
-            k = _rd_str(r)  # the scan guarantees string keys
-            # intern like msgpack does; InternInPlace owns (and may replace) the reference in e
-            e = <PyObject*>k
-            Py_INCREF(k)
-            PyUnicode_InternInPlace(&e)
-            k = <object>e
-            Py_DECREF(k)
+            k = _rd_key(r)
             o = _rd_value(r, depth + 1)
             dct[k] = o
         return dct
@@ -1004,12 +1101,51 @@ class _Abandon(Exception):
     """Internal: leave the byte path, take the general one."""
 
 
+cdef int _rd_ts_int(Rd* r, long long* out) except -1:
+    """A timestamp part into ``out``: an integer (or integral float) in [0, 2**63), else _Abandon
+    (what _rd_int followed by a signed 64-bit, non-negative check accepts, without the int)."""
+    cdef uint8_t c = r.b[r.pos]
+    cdef uint64_t u
+    cdef uint32_t u32
+    cdef float f
+    cdef double d
+    cdef int w
+    if c <= 0x7F:
+        r.pos += 1
+        out[0] = c
+        return 0
+    if 0xCC <= c <= 0xCF or 0xD0 <= c <= 0xD3:
+        w = 1 << ((c - 0xCC) if c <= 0xCF else (c - 0xD0))
+        u = _be(r.b + r.pos + 1, w)
+        if c >= 0xD0 and w < 8 and (u >> (8 * w - 1)):
+            raise _Abandon()  # a negative int8/16/32
+        if u >> 63:
+            raise _Abandon()  # a negative int64, or a uint64 beyond the signed range
+        r.pos += 1 + w
+        out[0] = <long long>u
+        return 0
+    if c == 0xCA:
+        u32 = <uint32_t>_be(r.b + r.pos + 1, 4)
+        memcpy(&f, &u32, 4)
+        d = f
+        w = 4
+    elif c == 0xCB:
+        u = _be(r.b + r.pos + 1, 8)
+        memcpy(&d, &u, 8)
+        w = 8
+    else:
+        raise _Abandon()  # a negative fixint or no number at all
+    if not (isfinite(d) and d == floor(d) and d >= 0.0 and d < 9223372036854775808.0):
+        raise _Abandon()
+    r.pos += 1 + w
+    out[0] = <long long>d
+    return 0
+
+
 cdef int _rd_ts_parts(Rd* r, long long* millis, long long* counter, const uint8_t** node, Py_ssize_t* node_len) except -1:
     """Parse a Timestamp map into C values; raise _Abandon unless plainly valid."""
     cdef Py_ssize_t n = _map_len(r), i, kn, sl
     cdef const uint8_t* ks
-    cdef object v
-    cdef int overflow = 0
     cdef bint got_m = False, got_c = False, got_n = False
     if n < 0:
         raise _Abandon()
@@ -1018,19 +1154,11 @@ cdef int _rd_ts_parts(Rd* r, long long* millis, long long* counter, const uint8_
         ks = r.b + r.pos
         r.pos += kn
         if _key_is(ks, kn, "millis", 6):
-            v = _rd_int(r)
-            if v is _FAIL:
-                raise _Abandon()
-            millis[0] = PyLong_AsLongLongAndOverflow(v, &overflow)
-            if overflow or millis[0] < 0:
-                raise _Abandon()
+            _rd_ts_int(r, millis)
             got_m = True
         elif _key_is(ks, kn, "counter", 7):
-            v = _rd_int(r)
-            if v is _FAIL:
-                raise _Abandon()
-            counter[0] = PyLong_AsLongLongAndOverflow(v, &overflow)
-            if overflow or counter[0] < 0 or counter[0] >= 4294967296:
+            _rd_ts_int(r, counter)
+            if counter[0] >= 4294967296:
                 raise _Abandon()
             got_c = True
         elif _key_is(ks, kn, "nodeId", 6):
@@ -1055,6 +1183,11 @@ cdef int _rd_ts_parts(Rd* r, long long* millis, long long* counter, const uint8_
 cdef object _last_node = None
 cdef object _last_millis = None
 cdef long long _last_millis_v = -1
+# Likewise the last counter: consecutive equal counters (ops stamped with one clock reading,
+# as the load generator stamps a whole batch) share one int; below 257 CPython's small ints
+# already do.
+cdef object _last_counter = None
+cdef long long _last_counter_v = -1
 
 
 cdef inline object _node_str(const uint8_t* node, Py_ssize_t node_len):
@@ -1107,6 +1240,16 @@ cdef inline object _millis_int(long long millis):
     return o
 
 
+cdef inline object _counter_int(long long counter):
+    global _last_counter, _last_counter_v
+    if _last_counter is not None and _last_counter_v == counter:
+        return _last_counter
+    o = PyLong_FromLongLong(counter)
+    _last_counter = o
+    _last_counter_v = counter
+    return o
+
+
 cdef object _rd_ts(Rd* r, object like):
     """A Timestamp; ``like`` (a Timestamp or None) is returned instead when equal."""
     cdef long long millis = 0, counter = 0
@@ -1122,7 +1265,7 @@ cdef object _rd_ts(Rd* r, object like):
             u = PyUnicode_AsUTF8AndSize(<object>PyTuple_GET_ITEM(like, 2), &ln)
             if ln == node_len and memcmp(u, node, ln) == 0:
                 return like
-    return _tuple3(_TS_T, _millis_int(millis), PyLong_FromLongLong(counter), _node_str(node, node_len))
+    return _tuple3(_TS_T, _millis_int(millis), _counter_int(counter), _node_str(node, node_len))
 
 
 cdef object _rd_record(Rd* r, bint is_or):
@@ -1173,6 +1316,69 @@ cdef object _rd_opt_str(Rd* r):
     return s
 
 
+# The wire values of OpType and WriteConcern, matched on the bytes: every op names its kind
+# (and maybe its write concern), and a str made only to look up its member is an allocation
+# and a siphash per op.
+cdef enum:
+    MAX_MEMBERS = 8
+
+cdef struct Members:
+    int n
+    Py_ssize_t lens[MAX_MEMBERS]
+    const char* names[MAX_MEMBERS]
+    PyObject* members[MAX_MEMBERS]
+
+cdef list _members_keep = []  # the bytes and members the tables point into
+
+
+cdef int _members_init(Members* t, object enum_cls) except -1:
+    # members beyond the table (or with long values) are still found, by the dict lookup
+    t.n = 0
+    for m in enum_cls:
+        raw = (<str>m.value).encode("utf-8")
+        if t.n == MAX_MEMBERS or len(raw) > 31:
+            continue
+        _members_keep.append((raw, m))
+        t.lens[t.n] = len(raw)
+        t.names[t.n] = PyBytes_AS_STRING(raw)
+        t.members[t.n] = <PyObject*>m
+        t.n += 1
+    return 0
+
+
+cdef Members _op_types_raw
+cdef Members _wcs_raw
+_members_init(&_op_types_raw, OpType)
+_members_init(&_wcs_raw, WriteConcern)
+
+
+cdef object _rd_member(Rd* r, Members* t, dict by_value):
+    """nil -> None; a str -> its member in ``by_value``, or _FAIL when it names none; anything
+    else abandons (what _rd_opt_str and a lookup in ``by_value`` give). The values in ``t`` are
+    recognised by their bytes, without making the str."""
+    cdef uint8_t c = r.b[r.pos]
+    cdef Py_ssize_t n
+    cdef int i
+    cdef object s
+    cdef PyObject* q
+    if c == 0xC0:
+        r.pos += 1
+        return None
+    if 0xA0 <= c <= 0xBF:
+        n = c & 0x1F
+        for i in range(t.n):
+            if t.lens[i] == n and memcmp(r.b + r.pos + 1, t.names[i], n) == 0:
+                r.pos += 1 + n
+                return <object>t.members[i]
+    s = _rd_str(r)
+    if s is _FAIL:
+        raise _Abandon()
+    q = PyDict_GetItem(by_value, s)
+    if q == NULL:
+        return _FAIL
+    return <object>q
+
+
 cdef object _rd_op(Rd* r):
     cdef Py_ssize_t n = _map_len(r), i, kn, ts_pos = -1
     cdef const uint8_t* ks
@@ -1189,18 +1395,15 @@ cdef object _rd_op(Rd* r):
         ks = r.b + r.pos
         r.pos += kn
         if kn == 2 and ks[0] == 0x69 and ks[1] == 0x64:  # "id"
-            op_id = _rd_opt_str(r)
+            op_id = _rd_opt_id(r)
         elif _key_is(ks, kn, "mapName", 7):
             map_name = _rd_map_name(r)
         elif _key_is(ks, kn, "key", 3):
             key = _rd_opt_str(r)
         elif _key_is(ks, kn, "opType", 6):
-            s = _rd_opt_str(r)
-            op_type = None
-            if s is not None:
-                q = PyDict_GetItem(_OP_TYPES, s)
-                if q != NULL:
-                    op_type = <object>q
+            op_type = _rd_member(r, &_op_types_raw, _OP_TYPES)
+            if op_type is _FAIL:
+                op_type = None  # an unknown kind: classified by the record fields
         elif _key_is(ks, kn, "record", 6):
             if r.b[r.pos] == 0xC0:
                 r.pos += 1
@@ -1218,13 +1421,9 @@ cdef object _rd_op(Rd* r):
         elif _key_is(ks, kn, "orTag", 5):
             or_tag = _rd_opt_str(r)
         elif _key_is(ks, kn, "writeConcern", 12):
-            s = _rd_opt_str(r)
-            wc = None
-            if s is not None:
-                q = PyDict_GetItem(_WCS, s)
-                if q == NULL:
-                    raise _Abandon()
-                wc = <object>q
+            wc = _rd_member(r, &_wcs_raw, _WCS)
+            if wc is _FAIL:
+                raise _Abandon()
         elif _key_is(ks, kn, "timeout", 7):
             if r.b[r.pos] == 0xC0:
                 r.pos += 1
@@ -1326,13 +1525,9 @@ cdef object _bytes_op_batch(Rd* r, Py_ssize_t nk, list ext_m1, object lim):
                         PyList_SET_ITEM(lst, k, s)
                     ops = lst
                 elif _key_is(ks, kn, "writeConcern", 12):
-                    s = _rd_opt_str(r)
-                    wc = None
-                    if s is not None:
-                        q = PyDict_GetItem(_WCS, s)
-                        if q == NULL:
-                            raise _Abandon()
-                        wc = <object>q
+                    wc = _rd_member(r, &_wcs_raw, _WCS)
+                    if wc is _FAIL:
+                        raise _Abandon()
                 elif _key_is(ks, kn, "timeout", 7):
                     if r.b[r.pos] == 0xC0:
                         r.pos += 1
