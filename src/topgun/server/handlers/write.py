@@ -230,9 +230,12 @@ class WriteHandler:
             plain = plain_changes(ops, batch_wc)
             if plain is None or not self._plain(ctx, ops, plain):
                 self._reply(ctx, ops, *self._judge(ctx, ops, batch_wc))
-        committer = self.core.committer
-        if committer is not None and committer.over_backlog(BACKLOG_HIGH_WATER):
-            return _wait_backlog(committer.sync_point())
+        # The grid attribute, not the properties around it: this runs for every write message.
+        grid = self.core._grid
+        if grid is not None:
+            committer = grid.committer
+            if committer is not None and committer.over_backlog(BACKLOG_HIGH_WATER):
+                return _wait_backlog(committer.sync_point())
         return None
 
     def _plain(
