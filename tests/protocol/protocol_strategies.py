@@ -232,3 +232,32 @@ def message_strategy(cls: type) -> st.SearchStrategy[Any]:
 
 ALL_CLASSES = list(M.MESSAGE_CLASSES.values())
 messages = st.one_of([message_strategy(c) for c in ALL_CLASSES])
+
+
+def same_deeply(a: Any, b: Any, path: str = "") -> None:
+    """``a == b`` with the same type at every level (``1 == 1.0 == True`` does not count)."""
+    assert type(a) is type(b), f"{path}: {type(a).__name__} vs {type(b).__name__}"
+    if dataclasses.is_dataclass(a):
+        for f in dataclasses.fields(a):
+            same_deeply(getattr(a, f.name), getattr(b, f.name), f"{path}.{f.name}")
+    elif isinstance(a, tuple | list):  # NamedTuples (records, timestamps, Ext) included
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            same_deeply(x, y, f"{path}[{i}]")
+    elif isinstance(a, dict):
+        assert list(a) == list(b), path
+        for k in a:
+            same_deeply(a[k], b[k], f"{path}.{k}")
+    else:
+        assert a == b, path
+
+
+def shuffled(obj: Any, rnd: Any) -> Any:
+    """The same value with every map's key order permuted (decoders must not care)."""
+    if isinstance(obj, dict):
+        items = list(obj.items())
+        rnd.shuffle(items)
+        return {k: shuffled(v, rnd) for k, v in items}
+    if isinstance(obj, list):
+        return [shuffled(v, rnd) for v in obj]
+    return obj

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from protocol_strategies import PROPS, client_ops, values, wire_ops
+from protocol_strategies import PROPS, client_ops, same_deeply, shuffled, values, wire_ops
 
 from topgun.errors import ProtocolError
 from topgun.protocol import _codec_py
@@ -21,23 +21,6 @@ from topgun.protocol.codec import Limits
 
 pk = _codec_py.pack
 
-
-def _same(a: Any, b: Any, path: str = "") -> None:
-    """``a == b`` with the same type at every level (``1 == 1.0 == True`` does not count)."""
-    assert type(a) is type(b), f"{path}: {type(a).__name__} vs {type(b).__name__}"
-    if dataclasses.is_dataclass(a):
-        for f in dataclasses.fields(a):
-            _same(getattr(a, f.name), getattr(b, f.name), f"{path}.{f.name}")
-    elif isinstance(a, tuple | list):  # NamedTuples (records, timestamps, Ext) included
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _same(x, y, f"{path}[{i}]")
-    elif isinstance(a, dict):
-        assert list(a) == list(b), path
-        for k in a:
-            _same(a[k], b[k], f"{path}.{k}")
-    else:
-        assert a == b, path
 
 
 def _agree(pure: Any, compiled: Any, frame: Any, limits: Limits | None = None) -> Any:
@@ -53,7 +36,7 @@ def _agree(pure: Any, compiled: Any, frame: Any, limits: Limits | None = None) -
     got = compiled.codec.decode(frame, limits)
     assert got == expected
     assert repr(got) == repr(expected)
-    _same(expected, got)
+    same_deeply(expected, got)
     return expected
 
 
@@ -318,21 +301,11 @@ def test_built_messages_equal_constructed_ones(compiled: Any) -> None:
     batch = M.OpBatch(ops=[op, op], write_concern=M.WriteConcern.PERSISTED, timeout=30)
     got = compiled.codec.decode(_codec_py.encode(batch))
     assert type(got) is M.OpBatch and got == batch and repr(got) == repr(batch)
-    _same(batch, got)
+    same_deeply(batch, got)
     bare = M.OpBatch(ops=[op])
     got = compiled.codec.decode(_codec_py.encode(bare))
     assert got == bare and got.write_concern is None and got.timeout is None
 
-
-def _shuffled(obj: Any, rnd: random.Random) -> Any:
-    """The same value with every map's key order permuted."""
-    if isinstance(obj, dict):
-        items = list(obj.items())
-        rnd.shuffle(items)
-        return {k: _shuffled(v, rnd) for k, v in items}
-    if isinstance(obj, list):
-        return [_shuffled(v, rnd) for v in obj]
-    return obj
 
 
 @PROPS
@@ -347,7 +320,7 @@ def test_client_op_frames_agree(
 ) -> None:
     rnd = random.Random(seed)
     if seed is not None:
-        op = _shuffled(op, rnd)
+        op = shuffled(op, rnd)
     entries = [("payload", op), *extra.items()]
     rnd.shuffle(entries)
     # type first takes the compiled byte path; anywhere else the general one

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from protocol_strategies import PROPS
+from protocol_strategies import PROPS, same_deeply
 
 from topgun.errors import ProtocolError
 from topgun.protocol import _codec_py
@@ -24,23 +24,6 @@ from topgun.protocol import messages as M
 
 pk = _codec_py.pack
 
-
-def _same(a: Any, b: Any, path: str = "") -> None:
-    """``a == b`` with the same type at every level (``1 == 1.0 == True`` does not count)."""
-    assert type(a) is type(b), f"{path}: {type(a).__name__} vs {type(b).__name__}"
-    if dataclasses.is_dataclass(a):
-        for f in dataclasses.fields(a):
-            _same(getattr(a, f.name), getattr(b, f.name), f"{path}.{f.name}")
-    elif isinstance(a, tuple | list):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _same(x, y, f"{path}[{i}]")
-    elif isinstance(a, dict):
-        assert list(a) == list(b), path
-        for k in a:
-            _same(a[k], b[k], f"{path}.{k}")
-    else:
-        assert a == b, path
 
 
 def _dict_keys(obj: Any) -> list[str]:
@@ -73,7 +56,7 @@ def _agree(pure: Any, compiled: Any, frame: bytes) -> Any:
     got = compiled.codec.decode(frame)
     assert got == expected
     assert repr(got) == repr(expected)
-    _same(expected, got)
+    same_deeply(expected, got)
     for k in _dict_keys(got):
         assert type(k) is str and sys.intern(k) is k, repr(k)
     return got

@@ -8,22 +8,11 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from protocol_strategies import PROPS, message_strategy, messages, values, wire_ops
+from protocol_strategies import PROPS, message_strategy, messages, shuffled, values, wire_ops
 
 from topgun.errors import ProtocolError
 from topgun.protocol import _codec_py
 from topgun.protocol import messages as M
-
-
-def _shuffled(obj: Any, rnd: random.Random) -> Any:
-    """The same value with every map's key order permuted (decoders must not care)."""
-    if isinstance(obj, dict):
-        items = list(obj.items())
-        rnd.shuffle(items)
-        return {k: _shuffled(v, rnd) for k, v in items}
-    if isinstance(obj, list):
-        return [_shuffled(v, rnd) for v in obj]
-    return obj
 
 
 @PROPS
@@ -39,7 +28,7 @@ def test_op_batches_decode_identically(
     if wc is not None:
         payload["writeConcern"] = wc
     if seed is not None:
-        payload = _shuffled(payload, random.Random(seed))
+        payload = shuffled(payload, random.Random(seed))
     # type first takes the compiled byte path; payload first the general one
     frame = _codec_py.pack({"type": "OP_BATCH", "payload": payload})
     a = pure.codec.decode(frame)
