@@ -964,6 +964,26 @@ cdef object _rd_opt_id(Rd* r):
     return o
 
 
+cdef object _rd_wc(Rd* r):
+    """A ``writeConcern`` (op or batch level) at the cursor: the member, or _Abandon."""
+    cdef object wc = _rd_member(r, &_wcs_raw, _WCS)
+    if wc is _FAIL:
+        raise _Abandon()
+    return wc
+
+
+cdef object _rd_timeout(Rd* r):
+    """A ``timeout`` (op or batch level) at the cursor: None for nil, an int, or _Abandon."""
+    cdef object t
+    if r.b[r.pos] == 0xC0:
+        r.pos += 1
+        return None
+    t = _rd_int(r)
+    if t is _FAIL:
+        raise _Abandon()
+    return t
+
+
 cdef object _rd_int(Rd* r):
     """An int field: any integer or an integral float, else _FAIL (cursor unchanged)."""
     cdef uint8_t c = r.b[r.pos]
@@ -1421,17 +1441,9 @@ cdef object _rd_op(Rd* r):
         elif _key_is(ks, kn, "orTag", 5):
             or_tag = _rd_opt_str(r)
         elif _key_is(ks, kn, "writeConcern", 12):
-            wc = _rd_member(r, &_wcs_raw, _WCS)
-            if wc is _FAIL:
-                raise _Abandon()
+            wc = _rd_wc(r)
         elif _key_is(ks, kn, "timeout", 7):
-            if r.b[r.pos] == 0xC0:
-                r.pos += 1
-                timeout = None
-            else:
-                timeout = _rd_int(r)
-                if timeout is _FAIL:
-                    raise _Abandon()
+            timeout = _rd_timeout(r)
         elif _key_is(ks, kn, "timestamp", 9):
             # parsed after the loop, so it can share the record's Timestamp whatever the key order
             if r.b[r.pos] == 0xC0:
@@ -1525,17 +1537,9 @@ cdef object _bytes_op_batch(Rd* r, Py_ssize_t nk, list ext_m1, object lim):
                         PyList_SET_ITEM(lst, k, s)
                     ops = lst
                 elif _key_is(ks, kn, "writeConcern", 12):
-                    wc = _rd_member(r, &_wcs_raw, _WCS)
-                    if wc is _FAIL:
-                        raise _Abandon()
+                    wc = _rd_wc(r)
                 elif _key_is(ks, kn, "timeout", 7):
-                    if r.b[r.pos] == 0xC0:
-                        r.pos += 1
-                        timeout = None
-                    else:
-                        timeout = _rd_int(r)
-                        if timeout is _FAIL:
-                            raise _Abandon()
+                    timeout = _rd_timeout(r)
                 else:
                     _skip_entry(r, ks, kn)
         elif _key_is(ks, kn, "type", 4):
