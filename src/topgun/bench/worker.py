@@ -15,6 +15,8 @@ import itertools
 import json
 import os
 import resource
+import select
+import socket
 import struct
 import sys
 import time
@@ -381,6 +383,212 @@ async def _subscribe(conn: Conn, map_name: str, qid: str) -> str:
     return await asyncio.wait_for(fut2, 60)
 
 
+class FanIn:
+    """Reads the subscribers' sockets itself: one epoll set, one ``recv_into`` per ready socket.
+
+    The fan-out client receives ~100,000 frames/s on 1,000 sockets, on the
+    same 2 cores as the server it measures. Through picows every frame costs
+    an event-loop callback, a buffered-protocol round trip, a ``WSFrame`` and a
+    Python ``on_ws_frame`` call; here the subscriber sockets (authenticated and
+    subscribed through picows, whose reading is then paused: :meth:`of`) sit in
+    one epoll set that the event loop watches as a single reader, and each
+    ready socket costs one ``recv_into`` into a shared buffer and a scan of the
+    WebSocket frames in place (a server's frames are never masked, RFC 6455
+    §5.1). Measured here: ~1.5 µs less client CPU per delivery (of ~6-8).
+
+    What is measured does not change: every frame whose payload holds
+    ``marker`` is a delivery, every ``_T_MARK`` stamp in it is timed against
+    ``perf_counter_ns()`` read right after the ``recv`` that returned it, and a
+    frame split across reads is kept and finished by the next read of its
+    socket. Frames that are not final binary frames are counted in
+    :attr:`other_frames` (the server sends none to a subscriber).
+    """
+
+    def __init__(
+        self,
+        socks: list[socket.socket],
+        marker: bytes,
+        record: Callable[[int], None],
+        buffer: int = 1 << 18,
+    ) -> None:
+        self.marker = marker
+        self.record = record
+        #: deliveries seen; latencies are recorded only while ``measuring``
+        self.deliveries = 0
+        self.measuring = False
+        #: frames that were not final binary frames (none expected)
+        self.other_frames = 0
+        #: sockets the peer closed
+        self.closed = 0
+        #: the first protocol error (its socket is no longer read)
+        self.error: Exception | None = None
+        self._buf = bytearray(buffer)
+        self._view = memoryview(self._buf)
+        self._ep = select.epoll()
+        self._socks: dict[int, socket.socket] = {}
+        self._recv: dict[int, Callable[..., int]] = {}
+        #: the unread part of a frame cut by the end of a read, per socket
+        self._carry: dict[int, bytes] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        for sock in socks:
+            sock.setblocking(False)
+            fd = sock.fileno()
+            self._socks[fd] = sock
+            self._recv[fd] = sock.recv_into
+            self._ep.register(fd, select.EPOLLIN)
+
+    @classmethod
+    def of(cls, conns: list[Conn], marker: bytes, record: Callable[[int], None]) -> FanIn:
+        """Take over reading ``conns`` (picows stops reading them) and start on the running loop."""
+        socks = []
+        for c in conns:
+            assert c.transport is not None
+            under = c.transport.underlying_transport
+            under.pause_reading()
+            # A socket object of our own on a duplicate descriptor: picows keeps (and closes) its own.
+            socks.append(socket.socket(fileno=os.dup(under.get_extra_info("socket").fileno())))
+        fan = cls(socks, marker, record)
+        fan.start(asyncio.get_running_loop())
+        return fan
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Read whenever a socket is ready: the epoll set is one reader of ``loop``."""
+        self._loop = loop
+        loop.add_reader(self._ep.fileno(), self.drain)
+
+    def drain(self) -> None:
+        """Read every ready socket once and account for the frames read (the event loop's reader)."""
+        buf = self._buf
+        find = buf.find
+        marker = self.marker
+        recv = self._recv
+        carry = self._carry
+        perf_ns = _perf_ns
+        unpack_q = _Q.unpack_from
+        mark = _T_MARK
+        found = 0
+        for fd, _ev in self._ep.poll(0, len(recv) or 1):
+            kept = carry.pop(fd, None)
+            try:
+                if kept is None:
+                    n = recv[fd](buf)
+                else:
+                    buf[: len(kept)] = kept
+                    n = recv[fd](self._view[len(kept) :])
+            except (BlockingIOError, InterruptedError):
+                if kept is not None:
+                    carry[fd] = kept
+                continue
+            except OSError:  # reset by the server: as closed
+                n = 0
+            now = perf_ns()
+            if n == 0:  # the server closed this subscriber
+                self.closed += 1
+                self._drop(fd)
+                continue
+            if kept is not None:
+                n += len(kept)
+            i = 0
+            while n - i >= 2:
+                size = buf[i + 1]
+                if size & 0x80:
+                    self._fail(fd, ConnectionError("a masked frame from the server (RFC 6455 §5.1)"))
+                    break
+                if size < 126:
+                    start = i + 2
+                elif size == 126:
+                    if n - i < 4:
+                        break
+                    size = (buf[i + 2] << 8) | buf[i + 3]
+                    start = i + 4
+                else:
+                    if n - i < 10:
+                        break
+                    size = int.from_bytes(buf[i + 2 : i + 10], "big")
+                    start = i + 10
+                end = start + size
+                if end > n:
+                    if end - i > len(buf):
+                        self._fail(fd, ConnectionError(f"a frame of {end - i} bytes exceeds the read buffer"))
+                    break
+                if buf[i] != 0x82:  # not a final binary frame
+                    self.other_frames += 1
+                elif find(marker, start, end) >= 0:
+                    k = find(mark, start, end)
+                    while k >= 0:
+                        found += 1
+                        if self.measuring:
+                            self.record(now - unpack_q(buf, k + 3)[0])
+                        k = find(mark, k + 11, end)
+                i = end
+            if i < n and fd in recv:  # a frame cut by the end of the read (not one that failed)
+                carry[fd] = bytes(buf[i:n])
+        self.deliveries += found
+
+    def _fail(self, fd: int, exc: Exception) -> None:
+        # Raised by fan_out after the window (an exception here would only be logged by the loop).
+        if self.error is None:
+            self.error = exc
+        self._drop(fd)
+
+    def _drop(self, fd: int) -> None:
+        self._ep.unregister(fd)
+        self._recv.pop(fd)
+        self._carry.pop(fd, None)
+        self._socks.pop(fd).close()
+
+    def close(self) -> None:
+        """Stop reading and close the sockets (from :meth:`of`: duplicates; picows keeps the connections)."""
+        if self._loop is not None:
+            self._loop.remove_reader(self._ep.fileno())
+            self._loop = None
+        for fd in list(self._recv):
+            self._drop(fd)
+        self._ep.close()
+
+
+class Subscriber(Conn):
+    """Receives pushes in ``on_ws_frame`` itself (where :class:`FanIn` cannot run: no epoll)."""
+
+    fan: _PicowsFan
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        # No msg_type test (picows builds a Python enum for it on every frame): the server
+        # sends no text, and a control frame's payload never holds the marker.
+        data = frame.get_payload_as_bytes()
+        fan = self.fan
+        if fan.marker not in data:
+            return
+        now = _perf_ns()
+        i = data.find(_T_MARK)
+        while i >= 0:
+            fan.deliveries += 1
+            if fan.measuring:
+                fan.record(now - _Q.unpack_from(data, i + 3)[0])
+            i = data.find(_T_MARK, i + 11)
+
+
+class _PicowsFan:
+    """The counters of :class:`FanIn` for subscribers read through picows (:class:`Subscriber`)."""
+
+    def __init__(self, conns: list[Conn], marker: bytes, record: Callable[[int], None]) -> None:
+        self.marker = marker
+        self.record = record
+        self.deliveries = 0
+        self.measuring = False
+        self.other_frames = 0
+        self.closed = 0
+        self.error: Exception | None = None
+        for c in conns:
+            c.on_message = None
+            c.__class__ = Subscriber
+            assert isinstance(c, Subscriber)
+            c.fan = self
+
+    def close(self) -> None:
+        return None
+
+
 async def fan_out(a: dict[str, Any]) -> dict[str, Any]:
     """W writers write at ``rate``/s into one map; S subscribers with live queries receive every write."""
     map_name = f"bench-fanout-{a['run']}"
@@ -390,34 +598,18 @@ async def fan_out(a: dict[str, Any]) -> dict[str, Any]:
     marker = b"QUERY_UPDATE" if mode == "query" else b"SERVER_"
     writers = await connect_many(a["url"], a["token"], a["writers"])
     hist = Histogram()
-    state = {"deliveries": 0, "writes": 0, "acked": 0, "measuring": False}
+    state = {"writes": 0, "acked": 0, "measuring": False}
     perf_ns = time.perf_counter_ns
-    unpack_q = _Q.unpack_from
     # Latencies of the measured window, folded into the histogram after it: this process shares
     # the machine with the server, so the per-delivery work here is kept to an append.
     lats = array("q")
-    record = lats.append
-
-    class Subscriber(Conn):
-        """Receives pushes in ``on_ws_frame`` itself: one Python call per frame instead of three."""
-
-        def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-            # No msg_type test (picows builds a Python enum for it on every frame): the server
-            # sends no text, and a control frame's payload never holds the marker.
-            data = frame.get_payload_as_bytes()
-            if marker not in data:
-                return
-            now = perf_ns()
-            i = data.find(_T_MARK)
-            while i >= 0:
-                state["deliveries"] += 1
-                if state["measuring"]:
-                    record(now - unpack_q(data, i + 3)[0])
-                i = data.find(_T_MARK, i + 11)
-
-    for c in subs:
-        c.on_message = None
-        c.__class__ = Subscriber
+    reader = a.get("reader", "epoll")
+    fan: FanIn | _PicowsFan
+    if reader == "epoll" and hasattr(select, "epoll"):
+        fan = FanIn.of(subs, marker, lats.append)
+    else:
+        reader = "picows"
+        fan = _PicowsFan(subs, marker, lats.append)
     templates = []
     for wi, w in enumerate(writers):
         t = BatchTemplate(
@@ -461,15 +653,18 @@ async def fan_out(a: dict[str, Any]) -> dict[str, Any]:
     pacer = asyncio.create_task(pace())
 
     def count() -> int:
-        state["measuring"] = True
-        return state["deliveries"]
+        state["measuring"] = fan.measuring = True
+        return fan.deliveries
 
     n, secs, cpu = await window(a["warmup"], a["duration"], count)
     writes = state["writes"]
-    state["measuring"] = False
+    state["measuring"] = fan.measuring = False
     stop.set()
     await pacer
+    fan.close()
     _close(subs + writers)
+    if fan.error is not None:
+        raise fan.error
     hist.record_many(lats)
     return {
         "deliveries": n,
@@ -477,6 +672,9 @@ async def fan_out(a: dict[str, Any]) -> dict[str, Any]:
         "client_cpu": cpu,
         "writes": writes,
         "mode": mode,
+        "reader": reader,
+        "other_frames": fan.other_frames,
+        "closed_subscribers": fan.closed,
         "subscribers": len(subs),
         "latency": hist.to_json(),
         "expected": writes * len(subs),
