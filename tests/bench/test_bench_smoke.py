@@ -89,6 +89,10 @@ def test_every_scenario_on_memory(tmp_path: Path) -> None:
     # Every write reaches every subscriber (a delivery in flight at the window's edge may fall either side).
     assert d["expected"] * 0.9 <= d["deliveries"] <= d["expected"] + 2 * 20
     assert 0 < fo["latency_ms"]["p50"] <= fo["latency_ms"]["p99"]
+    assert d["reader"] == "epoll" and d["other_frames"] == 0 and d["closed_subscribers"] == 0
+    # the machine's CPU over the window, and what of it went to other processes (clock ticks:
+    # too coarse over one short second to compare with the server's and client's own)
+    assert d["machine_cpu_pct"] > 0 and d["other_cpu_pct"] >= 0 and d["steal_pct"] >= 0
 
     co = rows["connections", "memory"]
     assert co["ours"] == 60 and co["details"]["errors"] == 0

@@ -312,9 +312,64 @@ def _fire_and_wait(opts: Options, storage: str) -> dict[str, Any]:
     return r
 
 
+class _MachineCPU:
+    """CPU time of the whole machine over the measured window (marked by a worker's start/end events).
+
+    The load client shares the machine with the server, and on a shared machine other
+    processes may take some of its cores: the fan-out's latency tail follows that load, so
+    its row says how much CPU went to processes other than the server, the load client
+    and this one.
+    """
+
+    def __init__(self) -> None:
+        import psutil
+
+        self._psutil = psutil
+        self._me = psutil.Process()
+        self.start: tuple[Any, float, float] | None = None
+        self.end: tuple[Any, float, float] | None = None
+
+    def _mark(self) -> tuple[Any, float, float]:
+        mine = self._me.cpu_times()
+        return self._psutil.cpu_times(), mine.user + mine.system, time.perf_counter()
+
+    def on_event(self, ev: dict[str, Any]) -> None:
+        kind = ev.get("event")
+        if kind == "start" and self.start is None:
+            self.start = self._mark()
+        elif kind == "end":
+            self.end = self._mark()
+
+    def figures(self, server_cpu: float | None, client_cpu: float) -> dict[str, float | None]:
+        """``machine_cpu_pct`` (of one core), ``steal_pct`` and ``other_cpu_pct`` over the window."""
+        if self.start is None or self.end is None:
+            return {"machine_cpu_pct": None, "steal_pct": None, "other_cpu_pct": None}
+        (t0, me0, w0), (t1, me1, w1) = self.start, self.end
+        secs = w1 - w0
+
+        def busy(t: Any) -> float:
+            idle = t.idle + getattr(t, "iowait", 0.0)
+            total = t.user + t.system + t.idle + sum(
+                getattr(t, f, 0.0) for f in ("nice", "iowait", "irq", "softirq", "steal")
+            )
+            return float(total - idle)
+
+        machine = busy(t1) - busy(t0)
+        steal = getattr(t1, "steal", 0.0) - getattr(t0, "steal", 0.0)
+        other = None
+        if server_cpu is not None:  # what is left when the hypervisor, server, client and we are taken out
+            other = max(0.0, machine - steal - server_cpu - client_cpu - (me1 - me0))
+        return {
+            "machine_cpu_pct": _pct(machine, secs),
+            "steal_pct": _pct(steal, secs),
+            "other_cpu_pct": _pct(other, secs),
+        }
+
+
 def _fan_out(opts: Options, storage: str) -> dict[str, Any]:
     kind = storage_kind(storage)
     run = secrets.token_hex(3)
+    machine = _MachineCPU()
     url, cleanup = _prepare_storage(storage, opts)
     try:
         with ServerProcess(url, url=opts.url, jwt_secret=opts.jwt_secret) as srv:
@@ -335,7 +390,9 @@ def _fan_out(opts: Options, storage: str) -> dict[str, Any]:
             ]
             if len(args) > 1:
                 raise ValueError("fan-out runs in one load process (writers and subscribers share a clock)")
-            results, srv_stats = run_workers("fan-out", args, srv, on_progress=_progress(opts, "fan-out"))
+            results, srv_stats = run_workers(
+                "fan-out", args, srv, on_progress=_progress(opts, "fan-out"), on_event=machine.on_event
+            )
     finally:
         cleanup()
     x = results[0]
@@ -365,6 +422,10 @@ def _fan_out(opts: Options, storage: str) -> dict[str, Any]:
             if x["mode"] == "query"
             else "SERVER_EVENT (live queries not served; subscribed with SYNC_INIT)",
             "seconds": x["seconds"],
+            "reader": x.get("reader"),
+            "other_frames": x.get("other_frames"),
+            "closed_subscribers": x.get("closed_subscribers"),
+            **machine.figures(srv_stats["server_cpu"], x["client_cpu"]),
         },
     )
     r["met"] = lat["p99"] <= 20.0 and x["deliveries"] >= 0.95 * x["expected"] > 0
