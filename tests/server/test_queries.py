@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from rawclient import RawClient
 
 from support.predicate_oracle import oracle_rows, predicates
+from support.servers import eventually
 from topgun.core.predicates import P
 
 pytestmark = pytest.mark.timeout(120)
@@ -413,6 +414,56 @@ async def test_one_window_many_subscribers_with_their_own_ids_and_fields() -> No
         await no_updates(w.c)
         for c, _, _ in subs:
             await c.close()
+        await w.c.close()
+
+
+async def test_members_joining_and_leaving_a_window_after_it_has_sent() -> None:
+    """The sender caches what it needs per window member; every change of the members (a new
+    subscriber, an unsubscribe, a re-subscribe with other fields, a closed connection) shows
+    in the very next write."""
+    async with serving("memory://") as server:
+        w = Writer(await connect(server))
+        a, b, c, d = [await connect(server) for _ in range(4)]
+        q = {"where": {"g": 1}}
+        qs = server.processors.get("QUERY_SUB")
+        assert qs is not None
+        step = 0
+
+        async def write_and_expect(
+            receivers: dict[Any, tuple[str, list[str] | None]], silent: list[Any]
+        ) -> None:
+            nonlocal step
+            step += 1
+            value = {"g": 1, "n": step, "m": "x"}
+            sent = qs.updates_sent
+            await w.put("m", f"k{step}", value)
+            for conn, (qid, fields) in receivers.items():
+                want = value if fields is None else {f: value[f] for f in fields}
+                assert (await recv_type(conn, "QUERY_UPDATE"))["payload"] == {
+                    "queryId": qid, "key": f"k{step}", "value": want, "changeType": "ENTER"}
+            for conn in silent:
+                await no_updates(conn)
+            assert qs.updates_sent - sent == len(receivers)
+            assert qs.engine.windows() == 1
+
+        for conn, qid in ((a, "a"), (b, "b"), (d, "d")):
+            await conn.send(sub_msg(qid, "m", q))
+            await recv_type(conn, "QUERY_RESP")
+        await write_and_expect({a: ("a", None), b: ("b", None), d: ("d", None)}, [c])
+        await c.send(sub_msg("c", "m", q))  # joins
+        assert len((await recv_type(c, "QUERY_RESP"))["payload"]["results"]) == 1
+        await write_and_expect({a: ("a", None), b: ("b", None), c: ("c", None), d: ("d", None)}, [])
+        await b.send({"type": "QUERY_UNSUB", "payload": {"queryId": "b"}})  # leaves
+        await eventually(lambda: len(qs.engine) == 3)
+        await write_and_expect({a: ("a", None), c: ("c", None), d: ("d", None)}, [b])
+        await a.send(sub_msg("a", "m", q, fields=["n"]))  # the same window, now projected
+        await recv_type(a, "QUERY_RESP")
+        await write_and_expect({a: ("a", ["n"]), c: ("c", None), d: ("d", None)}, [b])
+        await d.close()  # its connection goes
+        await eventually(lambda: len(qs.engine) == 2)
+        await write_and_expect({a: ("a", ["n"]), c: ("c", None)}, [b])
+        for conn in (a, b, c):
+            await conn.close()
         await w.c.close()
 
 

@@ -36,7 +36,7 @@ from topgun.protocol.messages import (
 )
 from topgun.server.grid import Change, ChangeKind, Origin
 from topgun.server.interfaces import RequestContext
-from topgun.server.query.engine import DEFAULT_MAX_ROWS, QueryEngine
+from topgun.server.query.engine import DEFAULT_MAX_ROWS, QueryEngine, Window
 
 if TYPE_CHECKING:
     from topgun.server.app import TopGunServer
@@ -55,6 +55,10 @@ def _setting(server: TopGunServer, name: str, default: Any) -> Any:
     if value is None:
         value = (getattr(cfg, "extra", None) or {}).get(name)
     return default if value is None else value
+
+
+#: What the sender needs of one window member: connection id, frame head, send, projected fields.
+_Member = tuple[int, bytes, Callable[[bytes], None], Sequence[str] | None]
 
 
 def _wall_millis() -> int:
@@ -214,36 +218,59 @@ class QueryService:
                     self.updates_sent += 1
                 continue
             for win, events in engine.window_changes(name, ch.key, old, new):
-                self._send_window(win.members.values(), events, writer)
+                self._send_window(win, events, writer)
+
+    def _fanout(self, win: Window) -> list[_Member]:
+        """``(connection id, frame head, send, fields)`` of every member of ``win``, in member order.
+
+        Cached on the window until its members change: a write to a map with a thousand
+        subscribers then reads one tuple per member instead of three attributes of the
+        subscription, one of its connection and a bound method made for every frame.
+        """
+        frames = self._frames
+        assert frames is not None
+        plan: list[_Member] = []
+        for sub in win.members.values():
+            head = sub.wire
+            if head is None:
+                head = sub.wire = frames.head(sub.query_id)
+            plan.append((sub.conn_id, head, sub.conn.send_frame, sub.fields or None))
+        win.fanout = plan
+        return plan
 
     def _send_window(
-        self, members: Any, events: list[tuple[ChangeType, str, Any]], writer: int | None
+        self, win: Window, events: list[tuple[ChangeType, str, Any]], writer: int | None
     ) -> None:
         """Queue the frames of one window's events to its members, each tail encoded once."""
         frames = self._frames
         assert frames is not None
+        plan = win.fanout
+        if plan is None:
+            plan = self._fanout(win)
         tails: list[bytes] | None = None
+        one: bytes | None = None  # the tail when there is one event (a plain write): no inner loop
         projected: dict[tuple[str, ...], list[bytes]] = {}
         sent = 0
-        for sub in members:
-            if sub.conn_id == writer:
+        for cid, head, send, fields in plan:
+            if cid == writer:
                 continue
-            fields = sub.fields
-            if fields:
+            if fields is None:
+                if tails is None:
+                    tails = [frames.tail(k, v, ct) for ct, k, v in events]
+                    if len(tails) == 1:
+                        one = tails[0]
+                if one is not None:
+                    send(head + one)
+                    sent += 1
+                    continue
+                parts = tails
+            else:
                 fkey = tuple(fields)
-                parts = projected.get(fkey)
+                parts = projected.get(fkey)  # type: ignore[assignment]
                 if parts is None:
                     parts = projected[fkey] = [
                         frames.tail(k, project(v, fields) if v is not None else v, ct) for ct, k, v in events
                     ]
-            else:
-                if tails is None:
-                    tails = [frames.tail(k, v, ct) for ct, k, v in events]
-                parts = tails
-            head = sub.wire
-            if head is None:
-                head = sub.wire = frames.head(sub.query_id)
-            send = sub.conn.send_frame
             for tail in parts:
                 send(head + tail)
             sent += len(parts)

@@ -144,6 +144,7 @@ class Window:
     __slots__ = (
         "after",
         "complete",
+        "fanout",
         "filter",
         "horizon",
         "keep",
@@ -175,6 +176,8 @@ class Window:
         #: cursor position: only rows sorting after it belong to the query
         self.after: tuple[Any, ...] | None = None
         self.members: dict[tuple[int, str], Subscription] = {}
+        #: the sender's cache of what it needs per member (None whenever ``members`` changes)
+        self.fanout: Any = None
 
     def __repr__(self) -> str:
         return f"Window({self.map_name!r}, members={len(self.members)}, rows={len(self.rows)})"
@@ -466,6 +469,7 @@ class QueryEngine:
                 self._register(win)
             sub = Subscription(conn, cid, query_id, map_name, spec, win)
             win.members[(cid, query_id)] = sub
+            win.fanout = None
         self._subs[(cid, query_id)] = sub
         self._by_conn.setdefault(cid, {})[query_id] = sub
         return snap
@@ -483,6 +487,7 @@ class QueryEngine:
         win = sub.window
         if win is not None:
             win.members.pop((conn_id, query_id), None)
+            win.fanout = None
             if not win.members:
                 del self._windows[win.key]
                 self._unregister(win)
