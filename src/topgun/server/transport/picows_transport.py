@@ -189,6 +189,14 @@ class _Outbox:
             return
         table = _HEADER_TABLE
         n = len(first)
+        if len(rest) == 1:
+            # Two frames, what a write to a map with live queries leaves each subscriber (its
+            # SERVER_EVENT and QUERY_UPDATE): joined from a tuple, without a list grown in a loop.
+            second = rest[0]
+            m = len(second)
+            if n < _TABLE_LIMIT and m < _TABLE_LIMIT:
+                ut.write(b"".join((table[n], first, table[m], second)))
+                return
         parts: list[bytes] = [table[n] if n < _TABLE_LIMIT else _frame_header(n), first]
         append = parts.append
         for data in rest:
