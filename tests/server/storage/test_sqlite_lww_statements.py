@@ -72,3 +72,38 @@ async def test_stored_columns_keep_their_types(tmp_path: Path) -> None:
         "tomb": ["null", "integer", "integer", "null"],
         "empty": ["blob", "integer", "integer", "integer"],
     }
+
+
+@pytest.mark.parametrize("rows", [1, 9, 700, 2049])
+async def test_statements_store_exactly_the_batch_rows(tmp_path: Path, rows: int) -> None:
+    # Statements are filled up to a power-of-two size with rows they skip (their map is the
+    # integer 0): none of those may land, while a map named "0" (text) must.
+    path = tmp_path / "pad.db"
+    b = WriteBatch()
+    for i in range(rows):
+        b.lww_put("0" if i % 2 else "m", f"k{i}", record(i, T1))
+    await write(f"sqlite:///{path}", b)
+    db = sqlite3.connect(path)
+    try:
+        stored = db.execute("SELECT map, key, typeof(map) FROM lww_records").fetchall()
+    finally:
+        db.close()
+    assert sorted(stored) == sorted(("0" if i % 2 else "m", f"k{i}", "text") for i in range(rows))
+
+
+async def test_values_and_ttls_like_the_null_marker_are_stored_as_given(tmp_path: Path) -> None:
+    # A missing value or TTL is bound as the float 0.5 and stored as NULL; a value that is 0.5
+    # (stored as MsgPack bytes) and TTLs around it must not be taken for it.
+    url = f"sqlite:///{tmp_path / 'marker.db'}"
+    records = {
+        "half": LWWRecord(0.5, T1, 0),
+        "zero": LWWRecord(0, T1, 1),
+        "empty": LWWRecord(b"", T1, -1),
+        "none": LWWRecord(None, T1, None),
+    }
+    b = WriteBatch()
+    for key, rec in records.items():
+        b.lww_put("m", key, rec)
+    await write(url, b)
+    assert (await reload(url)).maps["m"].lww == records
+

@@ -25,10 +25,10 @@ import concurrent.futures
 import enum
 import functools
 import logging
+import operator
 import os
 import sqlite3
 from collections.abc import Callable
-from itertools import chain
 from typing import TypeVar, cast
 
 from topgun.errors import ConfigError, StorageError
@@ -76,11 +76,15 @@ assert MIGRATIONS[-1][0] == SCHEMA_VERSION
 
 
 def _upsert_lww_sql(rows: int) -> str:
-    """The LWW upsert of ``rows`` rows in one statement (7 parameters per row, see :func:`_lww_params`)."""
+    """The LWW upsert of up to ``rows`` rows in one statement (7 parameters a row, see :func:`_lww_params`).
+
+    Rows whose map is the integer 0 (:data:`_PAD_ROW`) are skipped: stored map names are text.
+    """
     return (
-        "INSERT INTO lww_records (map, key, value, millis, counter, node_id, ttl_ms) VALUES "
-        + ", ".join(["(?, ?, nullif(?, ''), ?, ?, ?, nullif(?, ''))"] * rows)
-        + " ON CONFLICT (map, key) DO UPDATE SET value = excluded.value,"
+        "INSERT INTO lww_records (map, key, value, millis, counter, node_id, ttl_ms)"
+        " SELECT column1, column2, nullif(column3, 0.5), column4, column5, column6, nullif(column7, 0.5)"
+        " FROM (VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * rows) + ") WHERE column1 IS NOT 0"
+        " ON CONFLICT (map, key) DO UPDATE SET value = excluded.value,"
         " millis = excluded.millis, counter = excluded.counter, node_id = excluded.node_id,"
         " ttl_ms = excluded.ttl_ms"
     )
@@ -90,52 +94,86 @@ def _upsert_lww_sql(rows: int) -> str:
 #: SQLITE_MAX_VARIABLE_NUMBER any SQLite build has had); builds since 3.32 allow 32,766.
 _LWW_CHUNK_MIN = 128
 _LWW_CHUNK_MAX = 2048
+#: Parameters of a row that fills a statement up to its size; the statement skips it. Integers
+#: bind at a fraction of the cost of text, and nothing of the row reaches the table.
+_PAD_ROW = (0,) * 7
+#: Bound for a missing value or TTL; the statement stores NULL instead (see :func:`_lww_params`).
+_NULL = 0.5
+
+_key_map = operator.itemgetter(0)
+_key_key = operator.itemgetter(1)
+_row_value = operator.itemgetter(0)
+_row_millis = operator.itemgetter(1)
+_row_counter = operator.itemgetter(2)
+_row_node = operator.itemgetter(3)
+_row_ttl = operator.itemgetter(4)
 
 
-def _lww_params(lww: dict[tuple[str, str], LWWRow | None]) -> list[tuple[object, ...]]:
-    """Parameter rows of the LWW upserts of a batch (its deletes left out).
+def _lww_params(lww: dict[tuple[str, str], LWWRow | None]) -> list[object]:
+    """The parameters of the LWW upserts of a batch (its deletes left out), 7 a row in one flat list.
 
+    This runs on the writer thread with the GIL held, which the event loop waits for: the
+    columns are gathered with ``map`` over the batch's own tuples, no tuple is built per row.
     Binding ``bytes`` or ``None`` goes through the sqlite3 module's adaptation lookup (~0.3 us
-    each, with the GIL held), ``bytearray``, ``str`` and ``int`` do not: values go as
-    ``bytearray`` and a missing value or TTL as ``''``, which the statement turns back into
-    NULL (no stored value is an empty string: values are BLOBs, TTLs integers).
+    each, with the GIL held), ``bytearray``, ``str``, ``int`` and ``float`` do not, and a
+    ``float`` binds without the copy a ``str`` takes: values go as ``bytearray`` and a missing
+    value or TTL as :data:`_NULL`, which the statement turns back into NULL (a stored value is
+    a BLOB, a TTL an integer: neither is ever equal to it).
     """
-    ba = bytearray
+    rows = list(cast("dict[tuple[str, str], LWWRow]", lww).values())
     try:
-        return [
-            (m, k, "" if v is None else ba(v), ms, c, n, "" if t is None else t)
-            for (m, k), (v, ms, c, n, t) in cast("dict[tuple[str, str], LWWRow]", lww).items()
-        ]
+        values = list(map(_row_value, rows))
     except TypeError:  # a delete (None) among the rows: the rare slower pass
-        return [
-            (m, k, "" if v is None else ba(v), ms, c, n, "" if t is None else t)
-            for (m, k), (v, ms, c, n, t) in [(mk, row) for mk, row in lww.items() if row is not None]
-        ]
+        live = [(mk, row) for mk, row in lww.items() if row is not None]
+        keys = [mk for mk, _ in live]
+        rows = [row for _, row in live]
+        values = list(map(_row_value, rows))
+    else:
+        keys = list(lww)
+    n = len(rows)
+    flat: list[object] = [_NULL] * (7 * n)
+    flat[0::7] = map(_key_map, keys)
+    flat[1::7] = map(_key_key, keys)
+    try:
+        flat[2::7] = map(bytearray, values)
+    except TypeError:  # tombstones (no value) among the rows
+        flat[2::7] = [_NULL if v is None else bytearray(v) for v in values]
+    flat[3::7] = map(_row_millis, rows)
+    flat[4::7] = map(_row_counter, rows)
+    flat[5::7] = map(_row_node, rows)
+    ttls = list(map(_row_ttl, rows))
+    if ttls.count(None) != n:  # otherwise every TTL is the _NULL already there
+        flat[6::7] = [_NULL if t is None else t for t in ttls]
+    return flat
 
 
-def _upsert_lww(db: sqlite3.Connection, params: list[tuple[object, ...]], chunk: int) -> None:
+def _upsert_lww(db: sqlite3.Connection, params: list[object], chunk: int) -> None:
     # Multi-row statements instead of executemany: executemany releases the GIL around every
     # row's sqlite3_step and must win it back for the next row, while under load the event loop
     # thread holds it most of the time (each win can wait a whole switch interval). Big chunks
     # keep those hand-overs to one or two per transaction. The batch's rows have distinct
-    # (map, key), so one statement never upserts the same row twice, except for the padding below.
-    n = len(params)
-    full = n - n % chunk
+    # (map, key), so one statement never upserts the same row twice.
+    rows = len(params) // 7
+    full = rows - rows % chunk
+    width = 7 * chunk
     if full:
         sql = _upsert_sql(chunk)
-        for start in range(0, full, chunk):
-            db.execute(sql, list(chain.from_iterable(params[start : start + chunk])))
-    if full == n:
+        if full == rows == chunk:
+            db.execute(sql, params)
+            return
+        for start in range(0, 7 * full, width):
+            db.execute(sql, params[start : start + width])
+    if full == rows:
         return
-    # The rest goes in a statement of the next power-of-two size, padded with copies of its last
-    # row (upserting the same row again with the same values changes nothing): a prepared
-    # 1,000-row statement takes ~1.6 MB, so the statements kept by sqlite3's cache must be few.
-    rest = params[full:]
+    # The rest goes in a statement of the next power-of-two size, filled up with rows it skips:
+    # a prepared 1,000-row statement takes ~2 MB, so the statements kept by sqlite3's cache must
+    # be few.
+    rest = params[7 * full :] if full else params
     size = _LWW_PAD_MIN
-    while size < len(rest):
+    while size < rows - full:
         size *= 2
-    rest.extend([rest[-1]] * (size - len(rest)))
-    db.execute(_upsert_sql(size), list(chain.from_iterable(rest)))
+    rest.extend(_PAD_ROW * (size - (rows - full)))
+    db.execute(_upsert_sql(size), rest)
 
 
 _upsert_sql = functools.lru_cache(maxsize=None)(_upsert_lww_sql)
@@ -350,9 +388,10 @@ class SqliteStorage:
         db = self._db()
         lww = batch.lww
         # This thread holds the GIL while it builds and binds parameters, which the event loop
-        # waits for: one pass, no adaptation (see _lww_params).
+        # waits for: no tuple per row, no adaptation (see _lww_params).
         params = _lww_params(lww) if lww else []
-        if params and len(params) == len(batch) and len(params) <= self._lww_chunk:
+        rows = len(params) // 7
+        if rows and rows == len(batch) and rows <= self._lww_chunk:
             # Only LWW upserts, one statement: a transaction of its own (autocommit), without the
             # BEGIN and COMMIT that would each hand the GIL over and wait to win it back.
             _upsert_lww(db, params, self._lww_chunk)
@@ -361,7 +400,7 @@ class SqliteStorage:
         try:
             if params:
                 _upsert_lww(db, params, self._lww_chunk)
-            if len(params) != len(lww):
+            if rows != len(lww):
                 db.executemany(_DELETE_LWW, [mk for mk, row in lww.items() if row is None])
             if batch.or_records:
                 oups, odels = batch.or_split()
