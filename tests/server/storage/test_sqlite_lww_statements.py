@@ -1,7 +1,9 @@
-"""The SQLite backend's LWW upserts: chunked multi-row statements, padded tails, autocommit batches."""
+"""The SQLite backend's LWW upserts: chunked multi-row statements, padded tails, autocommit batches,
+and two writes in flight at once applied in call order."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import pytest
 
 from support.stores import reload
 from topgun.core.records import LWWRecord, Timestamp
+from topgun.server.persistence import GroupCommitter
 from topgun.server.storage import WriteBatch, open_storage
 
 T1 = Timestamp(1_700_000_000_000, 0, "node-a")
@@ -107,3 +110,23 @@ async def test_values_and_ttls_like_the_null_marker_are_stored_as_given(tmp_path
     await write(url, b)
     assert (await reload(url)).maps["m"].lww == records
 
+
+async def test_writes_in_flight_together_apply_in_call_order(tmp_path: Path) -> None:
+    # The storage offers the group committer two transactions at once: its one worker thread
+    # must still apply them in call order, so the last write of a row wins.
+    url = f"sqlite:///{tmp_path / 'order.db'}"
+    s = open_storage(url)
+    await s.open()
+    try:
+        assert GroupCommitter(s).concurrency == 2
+        batches = []
+        for n in range(6):
+            b = WriteBatch()
+            for i in range(300):
+                b.lww_put("m", f"k{i}", LWWRecord(n, Timestamp(1_700_000_000_000 + n, 0, "node-a")))
+            batches.append(b)
+        await asyncio.gather(*(s.write(b) for b in batches))
+    finally:
+        await s.close()
+    stored = (await reload(url)).maps["m"].lww
+    assert {k: r.value for k, r in stored.items()} == {f"k{i}": 5 for i in range(300)}

@@ -482,7 +482,7 @@ class Storage(Protocol):
     stages no LWW rows for it (it still refuses rows the others could not hold).
 
     Optional: a backend whose transactions may overlap declares an ``int``
-    attribute ``write_concurrency`` above 1 (PostgreSQL: 2). The group committer
+    attribute ``write_concurrency`` above 1 (PostgreSQL, SQLite: 2). The group committer
     then keeps up to that many ``write`` calls in flight, but only for batches
     that share no row with any uncommitted earlier batch (see
     :func:`batches_overlap`), so the outcome is still
