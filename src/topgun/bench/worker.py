@@ -383,7 +383,24 @@ async def _subscribe(conn: Conn, map_name: str, qid: str) -> str:
     return await asyncio.wait_for(fut2, 60)
 
 
-class FanIn:
+class _FanCounts:
+    """What a fan-out reader counts, whichever way it reads its subscribers."""
+
+    def __init__(self, marker: bytes, record: Callable[[int], None]) -> None:
+        self.marker = marker
+        self.record = record
+        #: deliveries seen; latencies are recorded only while ``measuring``
+        self.deliveries = 0
+        self.measuring = False
+        #: frames that were not final binary frames (none expected)
+        self.other_frames = 0
+        #: sockets the peer closed
+        self.closed = 0
+        #: the first protocol error (its socket is no longer read)
+        self.error: Exception | None = None
+
+
+class FanIn(_FanCounts):
     """Reads the subscribers' sockets itself: one epoll set, one ``recv_into`` per ready socket.
 
     The fan-out client receives ~100,000 frames/s on 1,000 sockets, on the
@@ -411,17 +428,7 @@ class FanIn:
         record: Callable[[int], None],
         buffer: int = 1 << 18,
     ) -> None:
-        self.marker = marker
-        self.record = record
-        #: deliveries seen; latencies are recorded only while ``measuring``
-        self.deliveries = 0
-        self.measuring = False
-        #: frames that were not final binary frames (none expected)
-        self.other_frames = 0
-        #: sockets the peer closed
-        self.closed = 0
-        #: the first protocol error (its socket is no longer read)
-        self.error: Exception | None = None
+        super().__init__(marker, record)
         self._buf = bytearray(buffer)
         self._view = memoryview(self._buf)
         self._ep = select.epoll()
@@ -568,17 +575,11 @@ class Subscriber(Conn):
             i = data.find(_T_MARK, i + 11)
 
 
-class _PicowsFan:
+class _PicowsFan(_FanCounts):
     """The counters of :class:`FanIn` for subscribers read through picows (:class:`Subscriber`)."""
 
     def __init__(self, conns: list[Conn], marker: bytes, record: Callable[[int], None]) -> None:
-        self.marker = marker
-        self.record = record
-        self.deliveries = 0
-        self.measuring = False
-        self.other_frames = 0
-        self.closed = 0
-        self.error: Exception | None = None
+        super().__init__(marker, record)
         for c in conns:
             c.on_message = None
             c.__class__ = Subscriber
