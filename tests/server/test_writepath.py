@@ -8,6 +8,7 @@ count, the map's records and Merkle root, and the clock.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -418,3 +419,218 @@ async def test_grid_apply_with_a_huge_drift_setting_or_no_kept_state(twin: Any) 
         finally:
             await grid.close()
             await storage.close()
+
+
+# -- which listeners hear a batch ---------------------------------------------------------------
+
+_names = st.sampled_from(["m", "n", "o"])
+_watchers = st.frozensets(st.sampled_from([1, 2, 7]), max_size=3)
+_watched = st.one_of(
+    st.frozensets(_names, max_size=3).map(set),
+    st.dictionaries(_names, _watchers.map(set), max_size=3),
+)
+
+
+def _watches_oracle(watched: Any, changes: list[Change], cid: int | None) -> bool:
+    for ch in changes:
+        if ch.map_name not in watched:
+            continue
+        if isinstance(watched, dict) and watched[ch.map_name] == {cid}:
+            continue  # only the writer itself watches this map
+        return True
+    return False
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    watched=_watched,
+    names=st.lists(_names, max_size=4),
+    cid=st.sampled_from([None, 1, 2, 7]),
+)
+def test_watches_twins_agree(twin: Any, watched: Any, names: list[str], cid: int | None) -> None:
+    from topgun.server.changes import ChangeSource, Origin
+
+    ts = Timestamp(WALL, 0, "n1")
+    changes = [Change.put(name, "k", LWWRecord(1, ts)) for name in names]
+    origin = Origin(ChangeSource.CLIENT if cid is not None else ChangeSource.SERVER, cid)
+    assert twin.writepath.watches(watched, changes, origin) is _watches_oracle(watched, changes, cid)
+
+
+async def test_grid_skips_a_listener_whose_only_watcher_is_the_writer(twin: Any) -> None:
+    from topgun.server.changes import ChangeSource, Origin
+    from topgun.server.grid import Grid
+    from topgun.server.storage import open_storage
+
+    storage = open_storage("memory://")
+    await storage.open()
+    grid = Grid(storage, wall_clock=Wall(WALL), node_id="srv-test", max_drift_ms=DRIFT)
+    await grid.start()
+    try:
+        interest: dict[str, set[int]] = {"m": {7}}
+        listener = _Listener(False)
+        listener.watched_maps = interest  # type: ignore[attr-defined]
+        grid.add_listener(listener)
+        ts = iter(range(1, 100))
+
+        def write(origin: Origin) -> None:
+            change = Change.put("m", "k", LWWRecord(1, Timestamp(WALL, next(ts), "n1")))
+            assert twin.writepath.apply_changes(grid, [change], origin).outcomes == [APPLIED]
+
+        write(Origin(ChangeSource.CLIENT, 7))  # the only watcher wrote: not called
+        assert listener.heard == []
+        write(Origin(ChangeSource.CLIENT, 8))  # someone else wrote
+        write(Origin(ChangeSource.SERVER))  # a server-side change has no connection
+        interest["m"].add(9)  # the table is live: a second watcher makes the writer's own count
+        write(Origin(ChangeSource.CLIENT, 7))
+        assert [origin.connection_id for _changes, origin in listener.heard] == [8, None, 7]
+    finally:
+        await grid.close()
+        await storage.close()
+
+
+# -- one write message through the handler on both twins ----------------------------------------
+
+
+class _Conn:
+    """A Connection that keeps the frames it is sent (as bytes, the twins must send equal bytes)."""
+
+    def __init__(self, cid: int) -> None:
+        self.id = cid
+        self.remote = "test:0"
+        self.frames: list[bytes] = []
+        self.closed = False
+
+    def send(self, data: bytes) -> None:
+        self.frames.append(data)
+
+    def close(self, code: int, reason: str = "", *, drop_pending: bool = False) -> None:
+        self.closed = True
+
+    def outbound_bytes(self) -> int:
+        return 0
+
+    def outbound_frames(self) -> int:
+        return 0
+
+
+_ACL = [{"map": "ro*", "read": ["*"], "write": ["admin"]}]
+
+
+@st.composite
+def write_scripts(draw: Any) -> list[tuple[int, dict[str, Any]]]:
+    """Messages of two connections: plain batches, CLIENT_OPs, stale writes that lose to a newer
+    stored record, clock drift, a map the connections may not write, OR ops, removes without a
+    record, invalid ops, write concerns and empty batches."""
+    script = []
+    op_id = iter(range(1, 10_000))
+    for _ in range(draw(st.integers(1, 8))):
+        ops = []
+        for _ in range(draw(st.integers(0, 4))):
+            name = draw(st.sampled_from(["m", "m", "n", "ro", "o"]))
+            key = draw(st.sampled_from(["a", "b"]))
+            shape = draw(st.sampled_from(["put", "put", "put", "old", "drift", "or", "remove", "bad"]))
+            millis, counter = WALL + draw(st.integers(-3, 3)), draw(st.integers(0, 2))
+            stamp = {"millis": millis, "counter": counter, "nodeId": "c"}
+            op: dict[str, Any] = {"mapName": name, "key": key}
+            if draw(st.booleans()):
+                op["id"] = str(next(op_id))
+            if shape in ("put", "old", "drift"):
+                if shape == "old":
+                    stamp["millis"] = WALL - 1_000
+                elif shape == "drift":
+                    stamp["millis"] = WALL + DRIFT + 1_000
+                op.update(opType="PUT", record={"value": draw(st.integers(0, 9)), "timestamp": stamp})
+            elif shape == "or":
+                tag = f"{stamp['millis']}:{stamp['counter']}:c"
+                op.update(opType="OR_ADD", orRecord={"value": 1, "timestamp": stamp, "tag": tag})
+            elif shape == "remove":
+                op.update(opType="REMOVE", timestamp=stamp)
+            else:
+                op.update(opType="PUT")  # no record: refused with 400 by the codec
+            wc = draw(st.sampled_from([None, None, "MEMORY", "APPLIED", "PERSISTED"]))
+            if wc is not None:
+                op["writeConcern"] = wc
+            ops.append(op)
+        conn = draw(st.integers(0, 1))
+        if len(ops) == 1 and draw(st.booleans()):
+            script.append((conn, {"type": "CLIENT_OP", "payload": ops[0]}))
+        else:
+            payload: dict[str, Any] = {"ops": ops}
+            wc = draw(st.sampled_from([None, "APPLIED", "PERSISTED"]))
+            if wc is not None:
+                payload["writeConcern"] = wc
+            script.append((conn, {"type": "OP_BATCH", "payload": payload}))
+    return script
+
+
+async def _write_script(twin: Any, url: str, script: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
+    import msgpack
+
+    from topgun.protocol.messages import MessageType
+    from topgun.server.app import TopGunServer
+    from topgun.server.grid import Grid
+    from topgun.server.session import SessionHub
+    from topgun.server.storage import open_storage
+
+    storage = open_storage(url)
+    server = TopGunServer(storage=storage, map_acl=_ACL)
+    await storage.open()
+    core = server.core
+    assert core is not None
+    grid = Grid(storage, wall_clock=Wall(WALL), node_id="srv-test", max_drift_ms=DRIFT)
+    await grid.start()
+    for listener in core._listeners:
+        grid.add_listener(listener)
+    core._grid = grid
+    try:
+        hub = SessionHub(
+            server.config, authenticator=None, processors=server.processors, metrics=server.metrics
+        )
+        conns = [_Conn(501), _Conn(502)]
+        sessions = [hub.open_session(c) for c in conns]
+        handler = server.processors.get(MessageType.OP_BATCH)
+        # An older record under "m"/"a" and "n"/"b": stale writes lose to it and are corrected.
+        seed = {"type": "OP_BATCH", "payload": {"ops": [
+            {"id": "s1", "mapName": m, "key": k, "opType": "PUT",
+             "record": {"value": "seed", "timestamp": {"millis": WALL + 2, "counter": 9, "nodeId": "z"}}}
+            for m, k in (("m", "a"), ("n", "b"))
+        ]}}
+        script = [(0, seed), *script]
+        returned = []
+        for who, obj in script:
+            msg = hub.decode(msgpack.packb(obj), hub.limits)
+            result = twin.writepath.write_message(handler, sessions[who], msg)
+            returned.append(result is not None)
+            if result is not None:
+                await result
+        await grid.committer.drain()  # type: ignore[union-attr]
+        for _ in range(3):
+            await asyncio.sleep(0)  # acks waiting for that commit go out
+        return {
+            "frames": [[msgpack.unpackb(f) for f in c.frames] for c in conns],
+            "returned": returned,
+            "ops": dict(server.metrics.ops.series),
+            "rejected": dict(server.metrics.rejected_ops.series),
+            "lww": {n: sorted(m.records()) for n in grid.map_names() if (m := grid.lww(n)) is not None},
+            "kinds": {n: grid.kind(n) for n in grid.map_names()},
+            "clock": grid.hlc.now(),
+        }
+    finally:
+        await grid.close()
+        await storage.close()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(script=write_scripts(), durable=st.booleans())
+async def test_write_message_twins_agree(
+    pure: Any, compiled: Any, tmp_path_factory: Any, script: list[tuple[int, dict[str, Any]]], durable: bool
+) -> None:
+    def url() -> str:
+        return f"sqlite:///{tmp_path_factory.mktemp('wm')}/t.db" if durable else "memory://"
+
+    got = await _write_script(compiled, url(), script)
+    assert got == await _write_script(pure, url(), script)
+    # Nothing written to the map the connections may not write; every frame is a reply or a push.
+    assert "ro" not in got["lww"]
+    kinds = {f["type"] for frames in got["frames"] for f in frames}
+    assert kinds <= {"OP_ACK", "OP_REJECTED", "SERVER_EVENT", "SERVER_BATCH_EVENT"}

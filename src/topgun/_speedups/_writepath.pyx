@@ -25,7 +25,7 @@ from topgun._speedups._merkle cimport MerkleTree
 from topgun._speedups._slots cimport PyType_GenericAlloc, member_offset
 
 from topgun.errors import StorageError
-from topgun.protocol.messages import ClientOp, OpType, WriteConcern
+from topgun.protocol.messages import ClientOp, ClientOpMessage, OpBatch, OpType, WriteConcern
 from topgun.server import _writepath_py
 from topgun.server.changes import (
     APPLIED, UNCHANGED, ApplyResult, Change, ChangeKind, Outcome, OutcomeStatus, drift_outcome,
@@ -39,7 +39,9 @@ cdef extern from "Python.h":
     object PyBytes_FromStringAndSize(const char*, Py_ssize_t)
     char* PyBytes_AS_STRING(object)
 
-__all__ = ["apply_changes", "apply_lww_run", "apply_state", "ok_ack_frame", "plain_changes"]
+__all__ = [
+    "apply_changes", "apply_lww_run", "apply_state", "ok_ack_frame", "plain_changes", "watches", "write_message",
+]
 
 cdef object _py_run = _writepath_py.apply_lww_run
 cdef object _py_apply_changes = _writepath_py.apply_changes
@@ -219,6 +221,10 @@ def apply_state(grid):
 
 def apply_changes(grid, changes, origin):
     """The body of ``Grid.apply`` (see :func:`topgun.server._writepath_py.apply_changes`)."""
+    return _apply(grid, changes, origin)
+
+
+cdef object _apply(grid, changes, origin):
     cdef object st_obj = grid._apply_state
     cdef _GridState st
     cdef object committer, batch, rows, ch, name, kind, have, found, lww, commit, wall_obj, hlc
@@ -288,7 +294,7 @@ def apply_changes(grid, changes, origin):
     if effective:
         for entry in st.listeners:
             listener, watched = entry
-            if watched is not None and not _touches(effective, watched):
+            if watched is not None and not _watches(watched, effective, origin):
                 continue
             try:
                 listener.on_changes(effective, origin)
@@ -297,13 +303,32 @@ def apply_changes(grid, changes, origin):
     return _tuple_new(_ApplyResult, (outcomes, effective, commit))
 
 
-cdef bint _touches(list effective, object watched) except -1:
-    """Whether a change of ``effective`` names a map in ``watched`` (any container)."""
+def watches(watched, changes, origin):
+    """Whether a listener watching ``watched`` hears of ``changes`` (see the pure twin)."""
+    return _watches(watched, changes if type(changes) is list else list(changes), origin)
+
+
+cdef bint _watches(object watched, list effective, object origin) except -1:
+    """Whether a change of ``effective`` names a map in ``watched`` (any container); a dict's
+    value for a map is its watchers' connection ids, and the origin's alone does not count."""
     cdef Py_ssize_t i
-    cdef object ch
+    cdef object ch, name, who, cid = None
+    cdef PyObject* p
+    cdef bint by_conn = type(watched) is dict
+    if by_conn:
+        cid = origin.connection_id
     for i in range(PyList_GET_SIZE(effective)):
         ch = <object>PyList_GET_ITEM(effective, i)
-        if (<object>PyTuple_GET_ITEM(ch, 0) if PyTuple_Check(ch) else ch.map_name) in watched:
+        name = <object>PyTuple_GET_ITEM(ch, 0) if PyTuple_Check(ch) else ch.map_name
+        if by_conn:
+            p = PyDict_GetItem(<dict>watched, name)
+            if p == NULL:
+                continue
+            who = <object>p
+            if len(who) == 1 and cid in who:
+                continue
+            return True
+        if name in watched:
             return True
     return False
 
@@ -474,6 +499,10 @@ cdef inline object _slot(object o, Py_ssize_t off):
 
 def plain_changes(ops, requested):
     """The changes of a batch of plain ``PUT``/``REMOVE`` ops, or None (see the pure twin)."""
+    return _plain_changes(ops, requested)
+
+
+cdef object _plain_changes(ops, requested):
     cdef list changes = []
     cdef list maps = []
     cdef object last = None, name, record, t, wc, op
@@ -556,6 +585,10 @@ cdef inline char* _put_utf8(char* p, const char* u, Py_ssize_t n) noexcept:
 
 def ok_ack_frame(ops, achieved):
     """The encoded ``OP_ACK`` of an all-accepted batch (see the pure twin)."""
+    return _ok_ack(ops, achieved)
+
+
+cdef object _ok_ack(ops, achieved):
     cdef Py_ssize_t count = 0, total, n, lvl_n, last_n = 1, i
     cdef const char* u
     cdef const char* lvl
@@ -600,3 +633,112 @@ def ok_ack_frame(ops, achieved):
         p = _put_utf8(p, lvl, lvl_n)
     assert p - PyBytes_AS_STRING(out) == total
     return out
+
+
+# --------------------------------------------------------------------------- one write message
+cdef object _ClientOpMessage = ClientOpMessage
+cdef object _OpBatch = OpBatch
+cdef object _Writer = _writepath_py.Writer
+cdef object _py_write_message = _writepath_py.write_message
+cdef object _WRITER_KEY = _writepath_py.WRITER_KEY
+cdef object _ACKS_KEY = _writepath_py.ACKS_KEY
+cdef dict _OP_KEYS = {t: (t.value,) for t in OpType}
+cdef Py_ssize_t _APPLIED_RANK = WriteConcern.APPLIED.rank
+cdef object _APPLIED_WC = WriteConcern.APPLIED
+cdef object _PERSISTED = WriteConcern.PERSISTED
+cdef object _apply_changes_fn = apply_changes
+
+
+cdef class _WriteState:
+    """What ``write_message`` keeps of a handler whose grid is loaded: the grid and the pieces of
+    it and of the handler that never change identity while that grid lives."""
+    cdef object grid, committer, core
+    cdef dict series
+    cdef bint direct
+
+    def __init__(self, handler, grid):
+        self.grid = grid
+        self.committer = grid.committer
+        self.core = handler.core
+        self.series = handler._ops_series
+        # a grid whose apply is not this module's (a subclass overriding it) is called as a method
+        self.direct = getattr(type(grid), "apply", None) is _apply_changes_fn
+
+
+def write_message(handler, ctx, msg):
+    """The body of ``WriteHandler.handle`` (see :func:`topgun.server._writepath_py.write_message`)."""
+    cdef object t = type(msg), ops, batch_wc, grid, st_obj, plain, committer
+    cdef _WriteState st
+    if t is _ClientOpMessage:
+        ops = [msg.op]
+        batch_wc = None
+    elif t is _OpBatch:
+        ops = msg.ops
+        batch_wc = msg.write_concern
+    else:
+        return _py_write_message(handler, ctx, msg)
+    core = handler.core
+    grid = core._grid
+    if grid is None or type(ops) is not list:
+        return _py_write_message(handler, ctx, msg)
+    st_obj = handler._write_state
+    if st_obj is None or (<_WriteState>st_obj).grid is not grid or (<_WriteState>st_obj).core is not core:
+        st_obj = _WriteState(handler, grid)
+        handler._write_state = st_obj
+    st = <_WriteState>st_obj
+    if PyList_GET_SIZE(ops):  # an empty batch gets no reply at all
+        plain = _plain_changes(ops, batch_wc)
+        if plain is None or not _write_plain(st, handler, ctx, <list>ops, <tuple>plain):
+            handler._general(ctx, ops, batch_wc)
+    committer = grid.committer
+    if committer is not None and committer.over_backlog(handler.backlog_high_water):
+        return handler._backlog(committer)
+    return None
+
+
+cdef bint _write_plain(_WriteState st, handler, ctx, list ops, tuple plain) except -1:
+    cdef list changes = <list>PyTuple_GET_ITEM(plain, 0), maps = <list>PyTuple_GET_ITEM(plain, 1)
+    cdef object requested = <object>PyTuple_GET_ITEM(plain, 2)
+    cdef object data = ctx.data, writer, ready, name, outcomes, o, key, level, ack, grid = st.grid
+    cdef dict series = st.series
+    cdef PyObject* p
+    cdef Py_ssize_t i, n = PyList_GET_SIZE(ops)
+    writer = data.get(_WRITER_KEY)
+    if writer is None:
+        writer = _Writer(ctx.connection_id)
+        data[_WRITER_KEY] = writer
+    ready = writer.ready
+    for i in range(PyList_GET_SIZE(maps)):
+        name = <object>PyList_GET_ITEM(maps, i)
+        if name not in ready:
+            if not handler._admit(ctx, name):
+                return False
+            ready.add(name)
+    if st.direct:
+        outcomes = (<tuple>_apply(grid, changes, writer.origin))[0]
+    else:
+        outcomes = grid.apply(changes, writer.origin).outcomes
+    for o in outcomes:
+        # what outcomes.count(APPLIED) + outcomes.count(UNCHANGED) == n settles (identity first)
+        if not (o is _APPLIED or o is _UNCHANGED or o == _APPLIED or o == _UNCHANGED):
+            handler._reply(ctx, ops, outcomes, requested)
+            return True
+    if len(outcomes) != n:
+        handler._reply(ctx, ops, outcomes, requested)
+        return True
+    # Every op accepted, none lost to a newer record: count, then the prebuilt ack.
+    for i in range(n):
+        o = <object>PyList_GET_ITEM(ops, i)
+        key = _OP_KEYS[_slot(o, _op_off[2]) if _op_fast else o.op_type]
+        p = PyDict_GetItem(series, key)
+        PyDict_SetItem(series, key, (<object>p + 1) if p != NULL else 1)
+    level = requested if requested is not None else st.core.default_concern
+    if <Py_ssize_t>_RANK[level] > _APPLIED_RANK and grid.durable:
+        handler._ack(ctx, st.committer.sync_point(), _ok_ack(ops, _PERSISTED))
+        return True
+    ack = _ok_ack(ops, _APPLIED_WC)
+    if _ACKS_KEY in data:
+        data[_ACKS_KEY].push(None, ack)  # behind acks still waiting for a commit
+    else:
+        ctx.send_frame(ack)
+    return True

@@ -23,13 +23,14 @@ from typing import Any
 from topgun.core.records import Timestamp
 from topgun.errors import StorageError
 from topgun.protocol import _codec_py
-from topgun.protocol.messages import ClientOp, OpAck, OpResult, OpType, WriteConcern
+from topgun.protocol.messages import ClientOp, ClientOpMessage, OpAck, OpResult, OpType, WriteConcern
 from topgun.server.changes import (
     APPLIED,
     UNCHANGED,
     ApplyResult,
     Change,
     ChangeKind,
+    ChangeSource,
     Origin,
     Outcome,
     OutcomeStatus,
@@ -37,7 +38,19 @@ from topgun.server.changes import (
 )
 from topgun.server.storage.base import MapKind, WriteBatch, check_lww_row
 
-__all__ = ["apply_changes", "apply_lww_run", "apply_one", "apply_state", "ok_ack_frame", "plain_changes"]
+__all__ = [
+    "ACKS_KEY",
+    "WRITER_KEY",
+    "Writer",
+    "apply_changes",
+    "apply_lww_run",
+    "apply_one",
+    "apply_state",
+    "ok_ack_frame",
+    "plain_changes",
+    "watches",
+    "write_message",
+]
 
 log = logging.getLogger("topgun.grid")
 
@@ -51,6 +64,128 @@ _tuple_new = tuple.__new__
 _OP_PUT = OpType.PUT
 _OP_REMOVE = OpType.REMOVE
 _RANK = {wc: wc.rank for wc in WriteConcern}
+_APPLIED_RANK = WriteConcern.APPLIED.rank
+_APPLIED_WC = WriteConcern.APPLIED
+_PERSISTED = WriteConcern.PERSISTED
+_OP_KEYS = {t: (t.value,) for t in OpType}
+
+#: ``ctx.data`` key of a connection's :class:`Writer`.
+WRITER_KEY = "write.writer"
+#: ``ctx.data`` key of a connection's queue of acks waiting for a commit (the write handler's).
+ACKS_KEY = "write.acks"
+
+
+class Writer:
+    """What the plain path needs of one connection, looked up once: its origin, and the maps it
+    may write that the push notifier already counts it interested in (permissions depend only on
+    the connection's roles and the map name, both fixed for the connection's life)."""
+
+    __slots__ = ("origin", "ready")
+
+    def __init__(self, connection_id: int) -> None:
+        self.origin = Origin(ChangeSource.CLIENT, connection_id)
+        self.ready: set[str] = set()
+
+
+def write_message(handler: Any, ctx: Any, msg: Any) -> Any:
+    """The body of ``WriteHandler.handle`` for one ``CLIENT_OP`` or ``OP_BATCH``.
+
+    A batch made only of plain ``PUT``/``REMOVE`` ops with records, to maps the
+    connection may write (settled once per map and connection through
+    ``handler._admit(ctx, map)``), is applied with one ``Grid.apply`` call and,
+    when every op is accepted without a newer stored record winning, answered
+    with the prebuilt ack: at once for ``APPLIED`` and below (behind acks still
+    waiting for a commit), else through ``handler._ack`` once the batch commits.
+    Anything else goes to ``handler._general(ctx, ops, batch_write_concern)``
+    (which judges op by op) or, after the apply, ``handler._reply``. Then, while
+    the committer's backlog is over ``handler.backlog_high_water`` rows, the
+    awaitable of ``handler._backlog(committer)`` is returned (it holds the
+    connection's next message back); else ``None``.
+
+    ``handler`` is read through ``core`` (``_grid``, ``default_concern``) and
+    ``_ops_series`` (the ops counter's series dict, keyed by ``(op type,)``).
+    """
+    if type(msg) is ClientOpMessage:
+        ops: list[Any] = [msg.op]
+        batch_wc: WriteConcern | None = None
+    else:
+        ops = msg.ops
+        batch_wc = msg.write_concern
+    core = handler.core
+    grid = core._grid
+    if ops:  # §5.6: an empty batch gets no reply at all
+        plain = plain_changes(ops, batch_wc)
+        if plain is None or not _write_plain(handler, ctx, ops, plain, grid):
+            handler._general(ctx, ops, batch_wc)
+    if grid is not None:
+        committer = grid.committer
+        if committer is not None and committer.over_backlog(handler.backlog_high_water):
+            return handler._backlog(committer)
+    return None
+
+
+def _write_plain(
+    handler: Any,
+    ctx: Any,
+    ops: list[Any],
+    plain: tuple[list[Change], list[str], WriteConcern | None],
+    grid: Any,
+) -> bool:
+    """Apply and answer a plain batch; False, having done nothing, when a map may not be written
+    (the general path reports it)."""
+    changes, maps, requested = plain
+    data = ctx.data
+    writer: Writer | None = data.get(WRITER_KEY)
+    if writer is None:
+        writer = data[WRITER_KEY] = Writer(ctx.connection_id)
+    ready = writer.ready
+    for name in maps:
+        if name not in ready:
+            if not handler._admit(ctx, name):
+                return False
+            ready.add(name)
+    if grid is None:
+        raise RuntimeError("the grid is not loaded yet (server not started)")
+    outcomes = grid.apply(changes, writer.origin).outcomes
+    n = len(ops)
+    if outcomes.count(APPLIED) + outcomes.count(UNCHANGED) != n:
+        handler._reply(ctx, ops, outcomes, requested)
+        return True
+    # Every op accepted, none lost to a newer record: count, then the prebuilt ack.
+    series = handler._ops_series
+    for op in ops:
+        key = _OP_KEYS[op.op_type]
+        series[key] = series.get(key, 0) + 1
+    level = requested if requested is not None else handler.core.default_concern
+    if _RANK[level] > _APPLIED_RANK and grid.durable:
+        handler._ack(ctx, grid.committer.sync_point(), ok_ack_frame(ops, _PERSISTED))
+        return True
+    ack = ok_ack_frame(ops, _APPLIED_WC)
+    if ACKS_KEY in data:
+        data[ACKS_KEY].push(None, ack)  # behind acks still waiting for a commit
+    else:
+        ctx.send_frame(ack)
+    return True
+
+
+def watches(watched: Any, changes: Sequence[Change], origin: Origin) -> bool:
+    """Whether a listener with ``watched_maps`` = ``watched`` hears of ``changes`` from ``origin``.
+
+    True when some change names a map in ``watched``; when ``watched`` is a dict,
+    its values are the connection ids watching each map, and a map watched by the
+    origin's connection alone does not count (see ``ChangeListener``).
+    """
+    by_conn = type(watched) is dict
+    cid = origin.connection_id
+    for ch in changes:
+        name = ch.map_name
+        if name in watched:
+            if by_conn:
+                who = watched[name]
+                if len(who) == 1 and cid in who:
+                    continue
+            return True
+    return False
 
 
 def apply_state(grid: Any) -> Any:
@@ -69,8 +204,8 @@ def apply_changes(grid: Any, changes: Iterable[Change], origin: Origin) -> Apply
     nothing); OR-Map changes go to the grid's own ``_apply_or_add`` /
     ``_apply_or_remove``. Then the open batch's commit future is taken (if
     anything was staged) and every listener hears of the effective changes, in
-    registration order (one whose ``watched_maps`` names no map of the batch is
-    skipped); a listener that raises is logged and the others still run.
+    registration order (one whose ``watched_maps`` does not cover the batch, see
+    :func:`watches`, is skipped); a listener that raises is logged and the others still run.
 
     ``grid`` is read through its ``committer``, ``max_drift_ms``, ``_wall``,
     ``_kinds``, ``_lww``, ``_horizons``, ``_keeps_rows``, ``_hlc`` and
@@ -117,7 +252,7 @@ def apply_changes(grid: Any, changes: Iterable[Change], origin: Origin) -> Apply
     commit = committer.commit_future() if batch else None
     if effective:
         for listener, watched in grid._listeners:
-            if watched is not None and not any(ch.map_name in watched for ch in effective):
+            if watched is not None and not watches(watched, effective, origin):
                 continue
             try:
                 listener.on_changes(effective, origin)

@@ -119,7 +119,11 @@ class ChangeListener(Protocol):
     attribute: a live container of map names (a set or dict it keeps up to date)
     that holds at least every map it acts on. The grid then skips the call for a
     batch none of whose effective changes names a map in it; a batch that touches
-    one still brings every change of the batch, as without the attribute.
+    one still brings every change of the batch, as without the attribute. A dict
+    says more: its value for a map is the collection of connection ids the
+    listener acts for on that map, and a map whose only such connection is the
+    origin's (``origin.connection_id``) does not count — a listener that never
+    tells a connection about its own writes is not called for them.
     """
 
     def on_changes(self, changes: Sequence[Change], origin: Origin) -> None:

@@ -1,6 +1,6 @@
-"""The per-op core of the write path (the grid's merge step, runs of LWW changes, acks): the compiled
-twin ``topgun._speedups._writepath`` when available, else the pure-Python specification
-:mod:`topgun.server._writepath_py`."""
+"""The per-op core of the write path (the write handler's plain batch, the grid's merge step, runs of
+LWW changes, acks): the compiled twin ``topgun._speedups._writepath`` when available, else the
+pure-Python specification :mod:`topgun.server._writepath_py`."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ if TYPE_CHECKING:
         apply_state,
         ok_ack_frame,
         plain_changes,
+        watches,
+        write_message,
     )
 else:
     _impl = load("topgun._speedups._writepath", "topgun.server._writepath_py")
@@ -23,5 +25,15 @@ else:
     apply_state = _impl.apply_state
     ok_ack_frame = _impl.ok_ack_frame
     plain_changes = _impl.plain_changes
+    watches = _impl.watches
+    write_message = _impl.write_message
 
-__all__ = ["apply_changes", "apply_lww_run", "apply_state", "ok_ack_frame", "plain_changes"]
+__all__ = [
+    "apply_changes",
+    "apply_lww_run",
+    "apply_state",
+    "ok_ack_frame",
+    "plain_changes",
+    "watches",
+    "write_message",
+]

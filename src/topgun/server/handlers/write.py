@@ -25,10 +25,8 @@ from topgun.core.records import LWWRecord
 from topgun.errors import StorageError
 from topgun.protocol.messages import (
     ClientOp,
-    ClientOpMessage,
     InvalidOp,
     OpAck,
-    OpBatch,
     OpRejected,
     OpResult,
     OpType,
@@ -36,6 +34,7 @@ from topgun.protocol.messages import (
     ServerEventType,
     WriteConcern,
 )
+from topgun.server._writepath_py import ACKS_KEY
 from topgun.server.changes import (
     APPLIED,
     UNCHANGED,
@@ -47,17 +46,16 @@ from topgun.server.changes import (
     OutcomeStatus,
 )
 from topgun.server.interfaces import RequestContext
-from topgun.server.writepath import ok_ack_frame, plain_changes
+from topgun.server.writepath import ok_ack_frame, write_message
 
 if TYPE_CHECKING:
     from topgun.server.handlers import CoreServices
+    from topgun.server.persistence import GroupCommitter
 
 __all__ = ["AckQueue", "WriteHandler"]
 
 log = logging.getLogger("topgun.write")
 
-_ACKS_KEY = "write.acks"
-_WRITER_KEY = "write.writer"
 _KIND = {
     OpType.PUT: ChangeKind.PUT,
     OpType.REMOVE: ChangeKind.REMOVE,
@@ -75,9 +73,6 @@ _UNCHANGED = UNCHANGED
 _WC_RANK = {wc: wc.rank for wc in WriteConcern}
 _APPLIED_RANK = WriteConcern.APPLIED.rank
 _OP_NAMES = {t: t.value for t in OpType}
-_OP_KEYS = {t: (t.value,) for t in OpType}
-_APPLIED_WC = WriteConcern.APPLIED
-_PERSISTED = WriteConcern.PERSISTED
 # Changes built without the NamedTuple's Python-level constructor (all nine fields, in declaration
 # order, checked in server/changes.py): the constructor cost as much as the rest of the op's step.
 _tuple_new = tuple.__new__
@@ -198,103 +193,48 @@ def _mixed_results(
     return results, last_id
 
 
-class _Writer:
-    """What the plain path needs of one connection, looked up once: its origin, and the maps it
-    may write that the push notifier already counts it interested in (permissions depend only on
-    the connection's roles and the map name, both fixed for the connection's life)."""
-
-    __slots__ = ("origin", "ready")
-
-    def __init__(self, ctx: RequestContext) -> None:
-        self.origin = Origin(_CLIENT, ctx.connection_id)
-        self.ready: set[str] = set()
-
-
 class WriteHandler:
     """Processor of ``OP_BATCH`` and ``CLIENT_OP``."""
+
+    #: Apply one batch synchronously and schedule its replies; while the storage backlog is over
+    #: its bound, return an awaitable that holds the connection's next message back (the twin
+    #: :func:`topgun.server.writepath.write_message`: the plain batch never leaves it).
+    handle = write_message
 
     def __init__(self, core: CoreServices) -> None:
         self.core = core
         self._ops_series = core.metrics.ops.series
+        #: uncommitted rows above which a writer waits (read when the handler is built)
+        self.backlog_high_water = BACKLOG_HIGH_WATER
+        # what the compiled write_message keeps of this handler and its grid
+        self._write_state: Any = None
 
-    def handle(self, ctx: RequestContext, msg: OpBatch | ClientOpMessage) -> Awaitable[None] | None:
-        """Apply one batch synchronously and schedule its replies; while the storage backlog is
-        over its bound, return an awaitable that holds the connection's next message back."""
-        if type(msg) is ClientOpMessage:
-            ops: list[ClientOp | InvalidOp] = [msg.op]
-            batch_wc: WriteConcern | None = None
-        else:
-            ops = msg.ops  # type: ignore[union-attr]
-            batch_wc = msg.write_concern  # type: ignore[union-attr]
-        if ops:  # §5.6: an empty batch gets no reply at all
-            plain = plain_changes(ops, batch_wc)
-            if plain is None or not self._plain(ctx, ops, plain):
-                self._reply(ctx, ops, *self._judge(ctx, ops, batch_wc))
-        # The grid attribute, not the properties around it: this runs for every write message.
-        grid = self.core._grid
-        if grid is not None:
-            committer = grid.committer
-            if committer is not None and committer.over_backlog(BACKLOG_HIGH_WATER):
-                return _wait_backlog(committer.sync_point())
-        return None
-
-    def _plain(
-        self,
-        ctx: RequestContext,
-        ops: list[ClientOp | InvalidOp],
-        plain: tuple[list[Change], list[str], WriteConcern | None],
-    ) -> bool:
-        """Apply and answer a batch of plain PUT/REMOVE ops with records (most batches): one
-        permission check per map and connection, no per-op bookkeeping unless an op is refused.
-        False, having done nothing, when a map may not be written (the general path reports it)."""
-        changes, maps, requested = plain
-        data = ctx.data
-        writer: _Writer | None = data.get(_WRITER_KEY)
-        if writer is None:
-            writer = data[_WRITER_KEY] = _Writer(ctx)
-        ready = writer.ready
+    def _admit(self, ctx: RequestContext, map_name: str) -> bool:
+        """Whether ``ctx`` may write ``map_name``; if so it becomes interested in the map's pushes."""
         core = self.core
-        for name in maps:
-            if name not in ready:
-                if not core.acl.can_write(ctx, name):
-                    return False
-                core.push.add_interest(ctx, name)
-                ready.add(name)
-        outcomes = core.grid.apply(changes, writer.origin).outcomes
-        n = len(ops)
-        if outcomes.count(_APPLIED) + outcomes.count(_UNCHANGED) != n:
-            self._reply(ctx, ops, outcomes, requested)
-            return True
-        # Every op accepted, none lost to a newer record: count, then the prebuilt ack.
-        series = self._ops_series
-        if n == 1:
-            key = _OP_KEYS[ops[0].op_type]  # type: ignore[union-attr]
-            series[key] = series.get(key, 0) + 1
-        else:
-            for op in ops:
-                key = _OP_KEYS[op.op_type]  # type: ignore[union-attr]
-                series[key] = series.get(key, 0) + 1
-        level = requested if requested is not None else core.default_concern
-        if _WC_RANK[level] > _APPLIED_RANK and core.durable:
-            committer = core.committer
-            assert committer is not None
-            self._ack(ctx, committer.sync_point(), ok_ack_frame(ops, _PERSISTED))
-            return True
-        ack = ok_ack_frame(ops, _APPLIED_WC)
-        if _ACKS_KEY in data:
-            data[_ACKS_KEY].push(None, ack)  # behind acks still waiting for a commit
-        else:
-            ctx.send_frame(ack)
+        if not core.acl.can_write(ctx, map_name):
+            return False
+        core.push.add_interest(ctx, map_name)
         return True
+
+    def _general(
+        self, ctx: RequestContext, ops: list[ClientOp | InvalidOp], batch_wc: WriteConcern | None
+    ) -> None:
+        """A batch that is not plain: judged and answered op by op."""
+        self._reply(ctx, ops, *self._judge(ctx, ops, batch_wc))
+
+    def _backlog(self, committer: GroupCommitter) -> Awaitable[None]:
+        """What holds the writer's next message back until the backlog committed."""
+        return _wait_backlog(committer.sync_point())
 
     def _ack(self, ctx: RequestContext, future: asyncio.Future[None] | None, ack: OpAck | bytes) -> None:
         """Send ``ack`` once ``future`` resolved, after the connection's earlier acks."""
-        queue: AckQueue | None = ctx.data.get(_ACKS_KEY)
+        queue: AckQueue | None = ctx.data.get(ACKS_KEY)
         if queue is None:
             if future is None:
                 _send(ctx, ack)
                 return
-            queue = ctx.data[_ACKS_KEY] = AckQueue(self.core, ctx)
+            queue = ctx.data[ACKS_KEY] = AckQueue(self.core, ctx)
         queue.push(future, ack)
 
     def _judge(
