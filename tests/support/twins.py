@@ -13,6 +13,7 @@ TWIN_MODULES: dict[str, tuple[str, str]] = {
     "codec": ("topgun._speedups._codec", "topgun.protocol._codec_py"),
     "match": ("topgun._speedups._match", "topgun.server.query._match_py"),
     "writepath": ("topgun._speedups._writepath", "topgun.server._writepath_py"),
+    "sessionpath": ("topgun._speedups._sessionpath", "topgun.server._sessionpath_py"),
 }
 
 

@@ -16,7 +16,6 @@ the server calls periodically, so the session never owns a timer.
 from __future__ import annotations
 
 import asyncio
-import enum
 import inspect
 import logging
 import time
@@ -39,10 +38,12 @@ from topgun.protocol.messages import (
     MessageType,
     Pong,
 )
+from topgun.server._sessionpath_py import RECEIVED_KEY, WIRE_NAME, SessionState
 from topgun.server.auth import Authenticator, DeviceRegistry, Principal
 from topgun.server.config import ServerConfig
 from topgun.server.interfaces import CleanupHook, OpenHook, Processor, RequestContext
 from topgun.server.metrics import ServerMetrics
+from topgun.server.sessionpath import on_message, send_frame
 from topgun.server.transport.base import CloseCode, Connection
 
 __all__ = [
@@ -93,25 +94,14 @@ IGNORED_KINDS = frozenset({"QUERY_SYNC_INIT"})
 #: A BATCH inside a BATCH works (§1.7); deeper than this is refused.
 _MAX_BATCH_NESTING = 8
 
-# Enum ``.value`` is a descriptor call; a dict lookup is several times cheaper on the hot path.
-_WIRE_NAME: dict[MessageType, str] = {m: m.value for m in MessageType}
+_WIRE_NAME = WIRE_NAME
 
 _HandleFn = Callable[[RequestContext, Any], "Awaitable[None] | None"]
 
 
-class SessionState(str, enum.Enum):
-    """Connection state (PROTOCOL §5.1)."""
-
-    AWAIT_AUTH = "AWAIT_AUTH"
-    OPEN = "OPEN"
-    CLOSED = "CLOSED"
-
-
-# Looking a member up on an Enum class costs ~60 ns; sends test for it once per frame.
 _CLOSED = SessionState.CLOSED
-_OPEN = SessionState.OPEN
 # Series keys of messages_received, built once.
-_RECEIVED_KEY: dict[MessageType, tuple[str]] = {m: (m.value,) for m in MessageType}
+_RECEIVED_KEY = RECEIVED_KEY
 
 
 def _wall_millis() -> int:
@@ -213,6 +203,8 @@ class SessionHub:
         self.clock = clock
         self.decode: Callable[..., Any] = codec.decode
         self.sessions: dict[int, Session] = {}
+        # what the compiled sessionpath.on_message keeps of this hub
+        self._path_state: Any = None
         self._background: set[asyncio.Future[Any]] = set()
 
     def open_session(self, conn: Connection) -> Session:
@@ -327,20 +319,9 @@ class Session:
         data = msgpack.packb(message) if isinstance(message, dict) else self.hub.codec.encode(message)
         self.send_frame(data)
 
-    def send_frame(self, data: bytes) -> None:
-        """Queue one encoded frame; drop the connection if its outbound queue is over its bound."""
-        if self.state is _CLOSED:
-            return
-        send_bounded = self._send_bounded
-        if send_bounded is not None:
-            # the transport's one-call send and bound check (same answer, cheaper per frame)
-            if send_bounded(data, self._max_out_bytes, self._max_out_frames):
-                self._slow_consumer()
-            return
-        conn = self.conn
-        conn.send(data)
-        if conn.outbound_bytes() > self._max_out_bytes or conn.outbound_frames() > self._max_out_frames:
-            self._slow_consumer()
+    #: Queue one encoded frame; drop the connection if its outbound queue is over its bound (the
+    #: twin :func:`topgun.server.sessionpath.send_frame`).
+    send_frame = send_frame
 
     def send_error(self, code: int, message: str, details: Any = None) -> None:
         self.send(Error(code=int(code), message=message, details=details))
@@ -412,36 +393,10 @@ class Session:
         )
 
     # -- inbound ---------------------------------------------------------------------------
-    def on_message(self, data: bytes) -> None:
-        """One complete binary message from the transport."""
-        state = self.state
-        if state is _CLOSED:
-            return
-        hub = self.hub
-        try:
-            msg = hub.decode(data, hub.limits)
-        except Exception as exc:
-            self._on_decode_error(exc)
-            return
-        if state is _OPEN and self._task is None:
-            # The common case, decided in one step: an open connection with nothing queued and a
-            # kind that has a processor (the session's own kinds never have one), so none of the
-            # handshake, PING, BATCH or queueing branches of _on_decoded can apply.
-            kind = msg.TYPE
-            handler = hub.processors.by_kind.get(kind)
-            if handler is not None:
-                received = hub.received
-                key = _RECEIVED_KEY[kind]
-                received[key] = received.get(key, 0) + 1
-                try:
-                    result = handler(self, msg)
-                except Exception as exc:
-                    self._report_failure(_WIRE_NAME[kind], exc)
-                    return
-                if result is not None and inspect.isawaitable(result):
-                    self._task = asyncio.ensure_future(self._run_queue(result))
-                return
-        self._on_decoded(msg, len(data))
+    #: One complete binary message from the transport (the twin
+    #: :func:`topgun.server.sessionpath.on_message`: decode, then an open session with nothing
+    #: queued hands it straight to its kind's processor; anything else goes to ``_on_decoded``).
+    on_message = on_message
 
     def _on_decode_error(self, exc: Exception) -> None:
         if isinstance(exc, (UnsupportedMessageTypeError, UnknownMessageTypeError)):
