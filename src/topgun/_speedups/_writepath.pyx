@@ -241,7 +241,9 @@ cdef object _apply(grid, changes, origin):
         st_obj = _GridState(grid)
     st = <_GridState>st_obj
     committer = st.committer
-    batch = committer.batch
+    batch = committer.open_batch
+    if batch is None:
+        batch = committer.batch  # closed: raises as the pure twin does
     wall_obj = st.wall()
     wall = -1
     if PyLong_CheckExact(wall_obj):
@@ -647,6 +649,8 @@ cdef Py_ssize_t _APPLIED_RANK = WriteConcern.APPLIED.rank
 cdef object _APPLIED_WC = WriteConcern.APPLIED
 cdef object _PERSISTED = WriteConcern.PERSISTED
 cdef object _apply_changes_fn = apply_changes
+cdef Py_ssize_t _ready_off = member_offset(_writepath_py.Writer, "ready")
+cdef Py_ssize_t _origin_off = member_offset(_writepath_py.Writer, "origin")
 
 
 cdef class _WriteState:
@@ -699,15 +703,26 @@ def write_message(handler, ctx, msg):
 cdef bint _write_plain(_WriteState st, handler, ctx, list ops, tuple plain) except -1:
     cdef list changes = <list>PyTuple_GET_ITEM(plain, 0), maps = <list>PyTuple_GET_ITEM(plain, 1)
     cdef object requested = <object>PyTuple_GET_ITEM(plain, 2)
-    cdef object data = ctx.data, writer, ready, name, outcomes, o, key, level, ack, grid = st.grid
+    cdef object data = ctx.data, writer, ready, origin, name, outcomes, o, key, level, ack, grid = st.grid
     cdef dict series = st.series
     cdef PyObject* p
     cdef Py_ssize_t i, n = PyList_GET_SIZE(ops)
-    writer = data.get(_WRITER_KEY)
+    cdef bint plain_dict = type(data) is dict
+    if plain_dict:
+        p = PyDict_GetItem(<dict>data, _WRITER_KEY)
+        writer = <object>p if p != NULL else None
+    else:
+        writer = data.get(_WRITER_KEY)
     if writer is None:
         writer = _Writer(ctx.connection_id)
         data[_WRITER_KEY] = writer
-    ready = writer.ready
+    if type(writer) is _Writer and _ready_off >= 0 and _origin_off >= 0:
+        # slot reads, as in plain_changes (the pure Writer is slotted)
+        ready = _slot(writer, _ready_off)
+        origin = _slot(writer, _origin_off)
+    else:
+        ready = writer.ready
+        origin = writer.origin
     for i in range(PyList_GET_SIZE(maps)):
         name = <object>PyList_GET_ITEM(maps, i)
         if name not in ready:
@@ -715,9 +730,9 @@ cdef bint _write_plain(_WriteState st, handler, ctx, list ops, tuple plain) exce
                 return False
             ready.add(name)
     if st.direct:
-        outcomes = (<tuple>_apply(grid, changes, writer.origin))[0]
+        outcomes = (<tuple>_apply(grid, changes, origin))[0]
     else:
-        outcomes = grid.apply(changes, writer.origin).outcomes
+        outcomes = grid.apply(changes, origin).outcomes
     for o in outcomes:
         # what outcomes.count(APPLIED) + outcomes.count(UNCHANGED) == n settles (identity first)
         if not (o is _APPLIED or o is _UNCHANGED or o == _APPLIED or o == _UNCHANGED):
@@ -737,7 +752,8 @@ cdef bint _write_plain(_WriteState st, handler, ctx, list ops, tuple plain) exce
         handler._ack(ctx, st.committer.sync_point(), _ok_ack(ops, _PERSISTED))
         return True
     ack = _ok_ack(ops, _APPLIED_WC)
-    if _ACKS_KEY in data:
+    p = PyDict_GetItem(<dict>data, _ACKS_KEY) if plain_dict else NULL
+    if p != NULL or (not plain_dict and _ACKS_KEY in data):
         data[_ACKS_KEY].push(None, ack)  # behind acks still waiting for a commit
     else:
         ctx.send_frame(ack)

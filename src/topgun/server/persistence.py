@@ -240,6 +240,9 @@ class GroupCommitter:
         #: transactions allowed in flight at once
         self.concurrency = concurrency if isinstance(concurrency, int) and concurrency > 1 else 1
         self._open = _Pending(self._loop)
+        #: The open batch, ``None`` once closed: what :attr:`batch` returns, as a plain attribute
+        #: for the per-message write path (a property read costs several attribute reads).
+        self.open_batch: WriteBatch | None = self._open.batch
         # Sealed batches in staging order, from the oldest whose future has not resolved yet:
         # queued, running, and committed ones that still wait for an earlier batch.
         self._sealed: deque[_Pending] = deque()
@@ -322,6 +325,7 @@ class GroupCommitter:
         p.rows = len(p.batch)
         self._sealed_rows += p.rows
         self._open = _Pending(self._loop)
+        self.open_batch = self._open.batch
 
     @property
     def last_error(self) -> StorageError | None:
@@ -374,6 +378,7 @@ class GroupCommitter:
                     error = self._last_error or exc
                     break
         self._closed = True
+        self.open_batch = None
         task, self._task = self._task, None
         for t in (*self._writes, task):
             if t is not None:

@@ -99,7 +99,11 @@ async def test_batch_size_cap_bounds_transactions(storage_url: str) -> None:
     committer = GroupCommitter(store, max_batch_ops=10)
     try:
         store.gate.clear()
-        futs = [committer.submit(lambda b, i=i: b.lww_put("m", f"k{i}", rec(i))) for i in range(35)]
+        futs = []
+        for i in range(35):
+            futs.append(committer.submit(lambda b, i=i: b.lww_put("m", f"k{i}", rec(i))))
+            # the plain attribute follows the open batch across seals
+            assert committer.open_batch is committer.batch
         assert committer.backlog_rows == 35
         # Rewrites of one key coalesce: recorded calls outnumber rows, the backlog counts rows.
         hot = [committer.submit(lambda b, i=i: b.lww_put("m", "k34", rec(100 + i))) for i in range(20)]
@@ -195,6 +199,7 @@ async def test_close_flushes_and_refuses_new_changes(storage_url: str) -> None:
     futs = [committer.submit(lambda b, i=i: b.set_fencing(f"l{i}", i)) for i in range(10)]
     await asyncio.wait_for(committer.close(), 30)
     assert all(f.done() and f.exception() is None for f in futs)
+    assert committer.open_batch is None
     with pytest.raises(StorageError):
         committer.submit(lambda b: b.set_fencing("late", 1))
     assert (await reload(storage_url)).fencing == {f"l{i}": i for i in range(10)}
