@@ -634,3 +634,32 @@ async def test_write_message_twins_agree(
     assert "ro" not in got["lww"]
     kinds = {f["type"] for frames in got["frames"] for f in frames}
     assert kinds <= {"OP_ACK", "OP_REJECTED", "SERVER_EVENT", "SERVER_BATCH_EVENT"}
+
+
+async def test_grid_apply_on_the_default_wall_clock(twin: Any) -> None:
+    """With the grid's default clock (read from C by the compiled twin) drift is judged against
+    the real time, for LWW and OR changes alike."""
+    import time
+
+    from topgun.server.changes import ChangeSource, Origin
+    from topgun.server.grid import Grid
+    from topgun.server.storage import open_storage
+
+    storage = open_storage("memory://")
+    await storage.open()
+    grid = Grid(storage, node_id="srv-test", max_drift_ms=DRIFT)
+    await grid.start()
+    try:
+        now = time.time_ns() // 1_000_000
+        near, far = Timestamp(now, 0, "n1"), Timestamp(now + DRIFT + 60_000, 0, "n1")
+        changes = [
+            Change.put("m", "near", LWWRecord(1, near)),
+            Change.put("m", "far", LWWRecord(1, far)),
+            Change.or_add("o", "near", ORMapRecord(1, near, "t1")),
+            Change.or_add("o", "far", ORMapRecord(1, far, "t2")),
+        ]
+        result = twin.writepath.apply_changes(grid, changes, Origin(ChangeSource.CLIENT, 1))
+        assert [o.code for o in result.outcomes] == [0, 422, 0, 422]
+    finally:
+        await grid.close()
+        await storage.close()

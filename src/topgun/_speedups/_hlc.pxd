@@ -8,6 +8,7 @@ cdef extern from "Python.h":
     long long PyLong_AsLongLongAndOverflow(object, int*) except? -1
 
 
+cdef long long c_wall_ms() noexcept nogil
 cdef int ts_cmp_slow(object a, object b) except -2
 cdef bint ts_fields(object remote, long long* rm, long long* rc) except -1
 

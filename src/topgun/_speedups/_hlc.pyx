@@ -76,6 +76,11 @@ def wall_millis():
     return _c_wall()
 
 
+cdef long long c_wall_ms() noexcept nogil:
+    """:func:`wall_millis` for C callers (the other twins' default clock)."""
+    return _c_wall()
+
+
 cdef int ts_cmp_slow(object a, object b) except -2:
     ta = (a[0], a[1], a[2])
     tb = (b[0], b[1], b[2])

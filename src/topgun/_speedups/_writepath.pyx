@@ -19,11 +19,12 @@ from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy
 
 from topgun._speedups._hashing cimport c_item_hash
-from topgun._speedups._hlc cimport HLC, ts_cmp
+from topgun._speedups._hlc cimport HLC, c_wall_ms, ts_cmp
 from topgun._speedups._lww cimport LWWMap
 from topgun._speedups._merkle cimport MerkleTree
 from topgun._speedups._slots cimport PyType_GenericAlloc, member_offset
 
+from topgun._speedups._hlc import wall_millis as _wall_millis
 from topgun.errors import StorageError
 from topgun.protocol.messages import ClientOp, ClientOpMessage, OpBatch, OpType, WriteConcern
 from topgun.server import _writepath_py
@@ -194,13 +195,15 @@ cdef class _GridState:
     cdef object committer, wall, hlc, drift_obj
     cdef dict kinds, lwws, horizons
     cdef list listeners
-    cdef bint keeps_rows, drift_ok
+    cdef bint keeps_rows, drift_ok, c_wall
     cdef long long max_drift
 
     def __init__(self, grid):
         cdef int ovf = 0
         self.committer = grid.committer
         self.wall = grid._wall
+        # the compiled default clock is read without a Python call
+        self.c_wall = self.wall is _wall_millis
         self.hlc = grid._hlc
         self.kinds = grid._kinds
         self.lwws = grid._lww
@@ -244,10 +247,14 @@ cdef object _apply(grid, changes, origin):
     batch = committer.open_batch
     if batch is None:
         batch = committer.batch  # closed: raises as the pure twin does
-    wall_obj = st.wall()
     wall = -1
-    if PyLong_CheckExact(wall_obj):
-        wall = PyLong_AsLongLongAndOverflow(wall_obj, &ovf)
+    if st.c_wall:
+        wall = c_wall_ms()
+        wall_obj = None  # made only for what needs the object
+    else:
+        wall_obj = st.wall()
+        if PyLong_CheckExact(wall_obj):
+            wall = PyLong_AsLongLongAndOverflow(wall_obj, &ovf)
     if ovf != 0 or not (0 <= wall < _LIMIT_LL) or not st.drift_ok:
         # clocks or settings beyond 62 bits: the specification's arbitrary-precision arithmetic
         return _py_apply_changes(grid, changes, origin)
@@ -286,6 +293,8 @@ cdef object _apply(grid, changes, origin):
             if len(effective) > staged:
                 grid._register(name, lww, batch)
             continue
+        if wall_obj is None:
+            wall_obj = wall
         if kind is _OR_ADD:
             outcomes.append(grid._apply_or_add(ch, have, wall_obj, max_drift, batch, effective))
         else:
