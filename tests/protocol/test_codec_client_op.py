@@ -335,3 +335,121 @@ def test_encoded_client_ops_agree(pure: Any, compiled: Any, op: M.ClientOp, valu
         op = dataclasses.replace(op, record=op.record._replace(value=value))
     msg = _agree(pure, compiled, _codec_py.encode(M.ClientOpMessage(op=op)))
     assert type(_op_of(msg)) is M.ClientOp
+
+
+# The compiled decoder reads CLIENT_OP and OP_BATCH frames in one pass, checking what the scan
+# checks as it goes, and scans (then reads again) only a frame it gives up on. Every malformed
+# or over-limit variant of those frames must still fail exactly as the scan makes it fail.
+
+
+def _bench_frames() -> dict[str, bytes]:
+    from topgun.bench.frames import BatchTemplate
+
+    value = {"n": 1, "v": "x" * 40}
+    one = BatchTemplate("m0", ["k"], value, node_id="n0", write_concern="APPLIED", single=True)
+    two = BatchTemplate("m0", ["k1", "k2"], value, node_id="n0")
+    extras = _client_op(
+        _op(
+            record={
+                "value": [b"\x01" * 3, M.Ext(3, b"ab"), M.Ext(-1, b"\x00" * 4), -5, 2.5],
+                "timestamp": _TS,
+            },
+            timestamp=dict(_TS),
+            meta={"a": [None, True]},
+        )
+    )
+    deep: Any = 1
+    for i in range(8):
+        deep = [deep] if i % 2 else {"d": deep}
+    deep_op = _op(record={"value": deep, "timestamp": _TS}, meta=deep)
+    return {
+        "client-op": bytes(one.stamp(1_700_000_000_123, 42)),
+        "op-batch": bytes(two.stamp(1_700_000_000_123, 42)),
+        "client-op-extras": extras,
+        "client-op-deep": _client_op(deep_op),
+        "op-batch-deep": pk({"type": "OP_BATCH", "payload": {"ops": [deep_op]}, "meta": deep}),
+        # deep only where the reader skips
+        "client-op-deep-extra": _client_op(_op(record={"value": 1, "timestamp": _TS}, meta=deep)),
+        "op-batch-deep-extra": pk({"type": "OP_BATCH", "payload": {"ops": [_PUT], "meta": deep}}),
+    }
+
+
+_WRITE_FRAMES = _bench_frames()
+# a byte of every MsgPack family, the unused 0xC1, and the reserved ext type -128 (0x80)
+_SUBSTITUTES = bytes(
+    [0x00, 0x05, 0x7F, 0x80, 0x81, 0x8F, 0x90, 0x9F, 0xA0, 0xA1, 0xBF, 0xC0, 0xC1, 0xC2, 0xC4, 0xC5, 0xC6,
+     0xC7, 0xC9, 0xCA, 0xCB, 0xCC, 0xCF, 0xD0, 0xD3, 0xD4, 0xD8, 0xD9, 0xDA, 0xDB, 0xDC, 0xDD, 0xDE,
+     0xDF, 0xE0, 0xFF]
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(_WRITE_FRAMES))
+def test_every_truncation_of_a_write_frame(pure: Any, compiled: Any, name: str) -> None:
+    frame = _WRITE_FRAMES[name]
+    for end in range(len(frame)):
+        _agree(pure, compiled, frame[:end])
+    for tail in (b"\xc0", b"\x00", b"\x81", b"\xa1"):
+        _agree(pure, compiled, frame + tail)
+
+
+@pytest.mark.parametrize("name", list(_WRITE_FRAMES))
+def test_every_byte_of_a_write_frame_replaced(pure: Any, compiled: Any, name: str) -> None:
+    frame = _WRITE_FRAMES[name]
+    for pos in range(len(frame)):
+        for b in _SUBSTITUTES:
+            if frame[pos] != b:
+                _agree(pure, compiled, frame[:pos] + bytes([b]) + frame[pos + 1 :])
+
+
+@pytest.mark.parametrize("name", list(_WRITE_FRAMES))
+def test_limits_on_write_frames(pure: Any, compiled: Any, name: str) -> None:
+    frame = _WRITE_FRAMES[name]
+    for depth in range(1, 16):
+        _agree(pure, compiled, frame, Limits(max_depth=depth))
+    for length in (0, 1, 2, 3, 4, 5, 7, 39, 40, 41):
+        _agree(pure, compiled, frame, Limits(max_str_len=length))
+        _agree(pure, compiled, frame, Limits(max_bin_len=length))
+    for size in (len(frame) - 1, len(frame)):
+        _agree(pure, compiled, frame, Limits(max_frame_bytes=size))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _SubLimits(Limits):
+    """A Limits subclass: read through its attributes, not its slots."""
+
+
+@pytest.mark.parametrize("name", list(_WRITE_FRAMES))
+def test_limits_read_through_attributes(pure: Any, compiled: Any, name: str) -> None:
+    frame = _WRITE_FRAMES[name]
+    for lim in (
+        _SubLimits(),
+        _SubLimits(max_str_len=39),
+        _SubLimits(max_depth=3),
+        _SubLimits(max_frame_bytes=len(frame) - 1),
+        Limits(max_frame_bytes=2**70, max_str_len=2**63, max_bin_len=2**64 - 1),
+    ):
+        _agree(pure, compiled, frame, lim)
+    assert compiled.codec.decode(frame, _SubLimits()) == compiled.codec.decode(frame)
+
+
+@PROPS
+@given(
+    name=st.sampled_from(list(_WRITE_FRAMES)),
+    edits=st.lists(
+        st.tuples(st.sampled_from(["set", "insert", "delete"]), st.integers(0, 2**16), st.integers(0, 255)),
+        min_size=1,
+        max_size=3,
+    ),
+)
+def test_mutated_write_frames_agree(pure: Any, compiled: Any, name: str, edits: list[Any]) -> None:
+    frame = bytearray(_WRITE_FRAMES[name])
+    for kind, at, b in edits:
+        at %= len(frame) + 1
+        if kind == "insert":
+            frame[at:at] = bytes([b])
+        elif at < len(frame):
+            if kind == "set":
+                frame[at] = b
+            else:
+                del frame[at]
+    _agree(pure, compiled, bytes(frame))

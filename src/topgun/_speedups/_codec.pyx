@@ -99,28 +99,104 @@ cdef object _bad(str msg):
     return ProtocolError("malformed frame: " + msg)
 
 
+# The limits the byte-level passes check, as C values.
+cdef struct Lim:
+    Py_ssize_t max_depth
+    uint64_t max_str
+    uint64_t max_bin
+
+
+cdef int _lim_of(object limits, Lim* out) except -1:
+    out.max_depth = limits.max_depth
+    out.max_str = limits.max_str_len
+    out.max_bin = limits.max_bin_len
+    return 0
+
+
+# Limits is a frozen slotted dataclass: its fields are read at their offsets (four attribute
+# lookups cost a tenth of decoding an op). Anything but exact, plainly ranged ints there takes
+# the attribute path, with its conversions and errors.
+cdef Py_ssize_t _lim_off[6]  # the first four are the ones read here
+cdef bint _lim_fast = _slot_layout(Limits, ("max_frame_bytes", "max_depth", "max_str_len", "max_bin_len",
+                                            "max_batch_items", "max_predicate_depth"), _lim_off)
+
+
+cdef inline long long _lim_slot(object limits, int i) noexcept:
+    """Field ``i`` of an exact Limits when it is an int in [0, 2**62), else -1."""
+    cdef PyObject* v = (<PyObject**>((<char*><PyObject*>limits) + _lim_off[i]))[0]
+    cdef int overflow = 0
+    cdef long long x
+    if v == NULL or not PyLong_CheckExact(<object>v):
+        return -1
+    x = PyLong_AsLongLongAndOverflow(<object>v, &overflow)
+    if overflow or x < 0 or x >= (<long long>1 << 62):
+        return -1
+    return x
+
+
+cdef bint _lim_fast_of(object limits, Lim* out, Py_ssize_t* max_frame) noexcept:
+    """Fill ``out`` and ``max_frame`` from a plain Limits; False to take the attribute path."""
+    cdef long long f, d, s, b
+    if not _lim_fast or type(limits) is not Limits:
+        return False
+    f = _lim_slot(limits, 0)
+    d = _lim_slot(limits, 1)
+    s = _lim_slot(limits, 2)
+    b = _lim_slot(limits, 3)
+    if f < 0 or d < 0 or s < 0 or b < 0:
+        return False
+    max_frame[0] = <Py_ssize_t>f
+    out.max_depth = <Py_ssize_t>d
+    out.max_str = <uint64_t>s
+    out.max_bin = <uint64_t>b
+    return True
+
+
 def scan(frame, limits=DEFAULT_LIMITS):
     """Validate the MsgPack structure of ``frame`` (see :func:`topgun.protocol._codec_py.scan`)."""
     cdef const uint8_t[::1] view
+    cdef Lim lm
     if isinstance(frame, bytes):
         view = frame
     else:
         view = memoryview(frame).cast("B")
-    return _scan(&view[0] if view.shape[0] else NULL, view.shape[0], limits)
+    _lim_of(limits, &lm)
+    return _scan(&view[0] if view.shape[0] else NULL, view.shape[0], &lm)
 
 
 cdef enum:
     SCAN_STACK = 258  # the default max_depth (256) + 2
 
+# what _walk found wrong (the invalid byte itself rides in the bits above W_MASK)
+cdef enum:
+    W_TRUNCATED = 1
+    W_KEY_NOT_STR
+    W_TRUNC_STR
+    W_TRUNC_NUM
+    W_TRUNC_LEN
+    W_STR_LIMIT
+    W_DECLARED_LEN
+    W_EXT_LIMIT
+    W_EXT_RESERVED
+    W_INVALID_BYTE
+    W_CONTAINER_LEN
+    W_DEPTH
+    W_UTF8
+    W_MASK = 0xFF
 
-cdef list _scan(const uint8_t* buf, Py_ssize_t n, object limits):
-    cdef Py_ssize_t max_depth = limits.max_depth
-    cdef uint64_t max_str = limits.max_str_len
-    cdef uint64_t max_bin = limits.max_bin_len
-    cdef list ext_m1 = []
-    cdef Py_ssize_t pos = 0, top = 0, cap
+
+cdef Py_ssize_t _walk(const uint8_t* buf, Py_ssize_t n, Py_ssize_t pos, Py_ssize_t base, const Lim* lim,
+                      list ext_m1, bint utf8, int* err) except -2:
+    """Check the one MsgPack value at ``pos`` and return the position after it, or -1 with
+    ``err`` saying what is wrong. ``base`` is the nesting of the container holding the value
+    (the frame map itself is at 1), ``ext_m1`` (unless None) collects the offsets of ext type
+    bytes -1, ``utf8`` also requires every string to be valid UTF-8 (as msgpack will)."""
+    cdef Py_ssize_t max_depth = lim.max_depth
+    cdef uint64_t max_str = lim.max_str
+    cdef uint64_t max_bin = lim.max_bin
+    cdef Py_ssize_t top = 0, cap
     cdef uint64_t r, cnt, ln
-    cdef uint8_t b, b0
+    cdef uint8_t b
     cdef int w
     cdef bint mp
     cdef uint64_t* rem
@@ -128,11 +204,6 @@ cdef list _scan(const uint8_t* buf, Py_ssize_t n, object limits):
     # the default depth limit fits on the C stack: no allocation per frame
     cdef uint64_t rem_stack[SCAN_STACK]
     cdef uint8_t is_map_stack[SCAN_STACK]
-    if n == 0:
-        raise _bad("empty frame")
-    b0 = buf[0]
-    if not (0x80 <= b0 <= 0x8F or b0 == 0xDE or b0 == 0xDF):
-        raise ProtocolError("frame is not a MsgPack map")
     cap = max_depth + 2
     if cap <= SCAN_STACK:
         rem = rem_stack
@@ -144,10 +215,10 @@ cdef list _scan(const uint8_t* buf, Py_ssize_t n, object limits):
             PyMem_Free(rem)
             PyMem_Free(is_map)
             raise MemoryError()
+    err[0] = 0
     try:
         rem[0] = 1
         is_map[0] = 0
-        top = 0
         while top >= 0:
             r = rem[top]
             if r == 0:
@@ -155,11 +226,13 @@ cdef list _scan(const uint8_t* buf, Py_ssize_t n, object limits):
                 continue
             rem[top] = r - 1
             if pos >= n:
-                raise _bad("truncated")
+                err[0] = W_TRUNCATED
+                return -1
             b = buf[pos]
             pos += 1
             if is_map[top] and r % 2 == 0 and not (0xA0 <= b <= 0xBF or 0xD9 <= b <= 0xDB):
-                raise ProtocolError("map key is not a string")
+                err[0] = W_KEY_NOT_STR
+                return -1
             if b <= 0x7F or b >= 0xE0:
                 continue
             if b <= 0x8F:
@@ -171,7 +244,11 @@ cdef list _scan(const uint8_t* buf, Py_ssize_t n, object limits):
             elif b <= 0xBF:
                 ln = b & 0x1F
                 if pos + <Py_ssize_t>ln > n:
-                    raise _bad("truncated string")
+                    err[0] = W_TRUNC_STR
+                    return -1
+                if utf8 and not _utf8_ok(buf + pos, ln):
+                    err[0] = W_UTF8
+                    return -1
                 pos += ln
                 continue
             elif b == 0xC0 or b == 0xC2 or b == 0xC3:
@@ -187,18 +264,25 @@ cdef list _scan(const uint8_t* buf, Py_ssize_t n, object limits):
                     w = 1 << (b - 0xD0)
                 pos += w
                 if pos > n:
-                    raise _bad("truncated number")
+                    err[0] = W_TRUNC_NUM
+                    return -1
                 continue
             elif (0xD9 <= b <= 0xDB) or (0xC4 <= b <= 0xC6):
                 w = (1 << (b - 0xD9)) if b >= 0xD9 else (1 << (b - 0xC4))
                 if pos + w > n:
-                    raise _bad("truncated length")
+                    err[0] = W_TRUNC_LEN
+                    return -1
                 ln = _be(buf + pos, w)
                 pos += w
                 if ln > (max_str if b >= 0xD9 else max_bin):
-                    raise ProtocolError("string or bin longer than the limit", code=413)
+                    err[0] = W_STR_LIMIT
+                    return -1
                 if ln > <uint64_t>(n - pos):
-                    raise _bad("declared length exceeds the frame")
+                    err[0] = W_DECLARED_LEN
+                    return -1
+                if utf8 and b >= 0xD9 and not _utf8_ok(buf + pos, ln):
+                    err[0] = W_UTF8
+                    return -1
                 pos += ln
                 continue
             elif (0xD4 <= b <= 0xD8) or (0xC7 <= b <= 0xC9):
@@ -207,44 +291,92 @@ cdef list _scan(const uint8_t* buf, Py_ssize_t n, object limits):
                 else:
                     w = 1 << (b - 0xC7)
                     if pos + w > n:
-                        raise _bad("truncated length")
+                        err[0] = W_TRUNC_LEN
+                        return -1
                     ln = _be(buf + pos, w)
                     pos += w
                     if ln > max_bin:
-                        raise ProtocolError("ext longer than the limit", code=413)
+                        err[0] = W_EXT_LIMIT
+                        return -1
                 if pos >= n or ln > <uint64_t>(n - pos - 1):
-                    raise _bad("declared length exceeds the frame")
+                    err[0] = W_DECLARED_LEN
+                    return -1
                 if buf[pos] == 0xFF:
-                    ext_m1.append(pos)
+                    if ext_m1 is not None:
+                        ext_m1.append(pos)
                 elif buf[pos] == 0x80:
-                    raise ProtocolError("reserved ext type -128")
+                    err[0] = W_EXT_RESERVED
+                    return -1
                 pos += 1 + ln
                 continue
             elif b == 0xDC or b == 0xDD or b == 0xDE or b == 0xDF:
                 mp = b >= 0xDE
                 w = 2 if (b == 0xDC or b == 0xDE) else 4
                 if pos + w > n:
-                    raise _bad("truncated length")
+                    err[0] = W_TRUNC_LEN
+                    return -1
                 cnt = _be(buf + pos, w)
                 pos += w
                 if mp:
                     cnt *= 2
             else:
-                raise _bad(f"invalid byte 0x{b:02x}")
+                err[0] = W_INVALID_BYTE | (b << 8)
+                return -1
             if cnt > <uint64_t>(n - pos):
-                raise _bad("declared container length exceeds the frame")
+                err[0] = W_CONTAINER_LEN
+                return -1
             top += 1
-            if top > max_depth:
-                raise ProtocolError(f"nesting deeper than {max_depth}")
+            if top + base > max_depth:
+                err[0] = W_DEPTH
+                return -1
             rem[top] = cnt
             is_map[top] = mp
-        if pos != n:
-            raise _bad("trailing bytes after the value")
-        return ext_m1
+        return pos
     finally:
         if rem != rem_stack:
             PyMem_Free(rem)
             PyMem_Free(is_map)
+
+
+cdef list _scan(const uint8_t* buf, Py_ssize_t n, const Lim* lim):
+    cdef list ext_m1 = []
+    cdef Py_ssize_t pos
+    cdef int err = 0, e
+    cdef uint8_t b0
+    if n == 0:
+        raise _bad("empty frame")
+    b0 = buf[0]
+    if not (0x80 <= b0 <= 0x8F or b0 == 0xDE or b0 == 0xDF):
+        raise ProtocolError("frame is not a MsgPack map")
+    pos = _walk(buf, n, 0, 0, lim, ext_m1, False, &err)
+    if pos >= 0:
+        if pos != n:
+            raise _bad("trailing bytes after the value")
+        return ext_m1
+    e = err & W_MASK
+    if e == W_TRUNCATED:
+        raise _bad("truncated")
+    if e == W_KEY_NOT_STR:
+        raise ProtocolError("map key is not a string")
+    if e == W_TRUNC_STR:
+        raise _bad("truncated string")
+    if e == W_TRUNC_NUM:
+        raise _bad("truncated number")
+    if e == W_TRUNC_LEN:
+        raise _bad("truncated length")
+    if e == W_STR_LIMIT:
+        raise ProtocolError("string or bin longer than the limit", code=413)
+    if e == W_DECLARED_LEN:
+        raise _bad("declared length exceeds the frame")
+    if e == W_EXT_LIMIT:
+        raise ProtocolError("ext longer than the limit", code=413)
+    if e == W_EXT_RESERVED:
+        raise ProtocolError("reserved ext type -128")
+    if e == W_INVALID_BYTE:
+        raise _bad(f"invalid byte 0x{err >> 8:02x}")
+    if e == W_CONTAINER_LEN:
+        raise _bad("declared container length exceeds the frame")
+    raise ProtocolError(f"nesting deeper than {lim.max_depth}")
 
 
 def unpack(frame, limits=None):
@@ -252,6 +384,7 @@ def unpack(frame, limits=None):
     cdef object lim = limits if limits is not None else _DEFAULT_LIMITS
     cdef const uint8_t[::1] view
     cdef Py_ssize_t n
+    cdef Lim lm
     if isinstance(frame, bytes):
         view = frame
     else:
@@ -259,7 +392,8 @@ def unpack(frame, limits=None):
     n = view.shape[0]
     if n > lim.max_frame_bytes:
         raise FrameTooLargeError(n, lim.max_frame_bytes)
-    return _unpack_scanned(frame, _scan(&view[0] if n else NULL, n, lim))
+    _lim_of(lim, &lm)
+    return _unpack_scanned(frame, _scan(&view[0] if n else NULL, n, &lm))
 
 
 cdef object _unpack_scanned(object frame, list ext_m1):
@@ -701,57 +835,83 @@ cdef struct Rd:
     const uint8_t* b
     Py_ssize_t pos
     Py_ssize_t n
+    const Lim* lim
 
 cdef PyTypeObject* _EXT_T = <PyTypeObject*>Ext
 
 
-cdef inline uint8_t _peek(Rd* r) noexcept nogil:
-    return r.b[r.pos]
+cdef inline int _peek(Rd* r) noexcept nogil:
+    """The byte at the cursor, or -1 at the end of the frame."""
+    return r.b[r.pos] if r.pos < r.n else -1
 
 
-cdef inline Py_ssize_t _container_len(Rd* r, uint8_t fix, uint8_t c16) noexcept nogil:
+cdef inline Py_ssize_t _container_len(Rd* r, uint8_t fix, uint8_t c16, uint64_t per) noexcept nogil:
     """Size of the map or array at the cursor (cursor moved past the header), or -1 if the value
-    is not of that family: ``fix`` is its fix-size base code, ``c16`` its 16-bit code (``c16 + 1``
-    the 32-bit one)."""
-    cdef uint8_t c = r.b[r.pos]
+    is not of that family or its header is malformed: ``fix`` is its fix-size base code, ``c16``
+    its 16-bit code (``c16 + 1`` the 32-bit one), ``per`` the values per item (a lower bound of
+    the bytes each takes, as the scan requires)."""
+    cdef int c = _peek(r)
+    cdef uint64_t k
     if fix <= c <= fix + 0x0F:
         r.pos += 1
-        return c & 0x0F
-    if c == c16:
+        k = c & 0x0F
+    elif c == c16:
+        if r.pos + 3 > r.n:
+            return -1
+        k = _be(r.b + r.pos + 1, 2)
         r.pos += 3
-        return <Py_ssize_t>_be(r.b + r.pos - 2, 2)
-    if c == c16 + 1:
+    elif c == c16 + 1:
+        if r.pos + 5 > r.n:
+            return -1
+        k = _be(r.b + r.pos + 1, 4)
         r.pos += 5
-        return <Py_ssize_t>_be(r.b + r.pos - 4, 4)
-    return -1
+    else:
+        return -1
+    if k * per > <uint64_t>(r.n - r.pos):
+        return -1
+    return <Py_ssize_t>k
 
 
 cdef inline Py_ssize_t _map_len(Rd* r) noexcept nogil:
     """Entries of the map at the cursor (cursor moved past the header), or -1 if not a map."""
-    return _container_len(r, 0x80, 0xDE)
+    return _container_len(r, 0x80, 0xDE, 2)
 
 
 cdef inline Py_ssize_t _arr_len(Rd* r) noexcept nogil:
     """Items of the array at the cursor (cursor moved past the header), or -1 if not an array."""
-    return _container_len(r, 0x90, 0xDC)
+    return _container_len(r, 0x90, 0xDC, 1)
 
 
 cdef inline Py_ssize_t _str_len(Rd* r) noexcept nogil:
-    """Length of the string at the cursor (cursor moved to its bytes), or -1 if not a string."""
-    cdef uint8_t c = r.b[r.pos]
+    """Length of the string at the cursor (cursor moved to its bytes), or -1 if not a string, or
+    one the scan refuses (truncated, or a str8/16/32 longer than the limit)."""
+    cdef int c = _peek(r)
+    cdef uint64_t ln
+    cdef int w
     if 0xA0 <= c <= 0xBF:
         r.pos += 1
-        return c & 0x1F
-    if c == 0xD9:
-        r.pos += 2
-        return r.b[r.pos - 1]
-    if c == 0xDA:
-        r.pos += 3
-        return <Py_ssize_t>_be(r.b + r.pos - 2, 2)
-    if c == 0xDB:
-        r.pos += 5
-        return <Py_ssize_t>_be(r.b + r.pos - 4, 4)
-    return -1
+        ln = c & 0x1F
+    elif 0xD9 <= c <= 0xDB:
+        w = 1 << (c - 0xD9)
+        if r.pos + 1 + w > r.n:
+            return -1
+        ln = _be(r.b + r.pos + 1, w)
+        if ln > r.lim.max_str:
+            return -1
+        r.pos += 1 + w
+    else:
+        return -1
+    if ln > <uint64_t>(r.n - r.pos):
+        return -1
+    return <Py_ssize_t>ln
+
+
+cdef inline Py_ssize_t _key_len(Rd* r) except -1:
+    """Like _str_len for a map key, abandoning the byte path unless it is a well-formed string."""
+    cdef Py_ssize_t n = _str_len(r)
+    if n < 0:
+        raise _Abandon()
+    return n
 
 
 cdef inline bint _key_is(const uint8_t* s, Py_ssize_t n, const char* k, Py_ssize_t kn) noexcept nogil:
@@ -799,66 +959,37 @@ cdef bint _utf8_ok(const uint8_t* s, Py_ssize_t n) noexcept nogil:
     return True
 
 
-cdef bint _skip(Rd* r) noexcept nogil:
-    """Move past one complete value (iteratively); False if a string in it is not valid UTF-8."""
-    cdef uint64_t todo = 1, ln
-    cdef uint8_t c
-    cdef bint ok = True
-    while todo:
-        todo -= 1
-        c = r.b[r.pos]
-        r.pos += 1
-        if c <= 0x7F or c >= 0xE0 or c == 0xC0 or c == 0xC2 or c == 0xC3:
-            pass
-        elif c <= 0x8F:
-            todo += (c & 0x0F) * 2
-        elif c <= 0x9F:
-            todo += c & 0x0F
-        elif c <= 0xBF:
-            ln = c & 0x1F
-            ok = ok and _utf8_ok(r.b + r.pos, ln)
-            r.pos += ln
-        elif c == 0xCA:
-            r.pos += 4
-        elif c == 0xCB:
-            r.pos += 8
-        elif 0xCC <= c <= 0xCF:
-            r.pos += 1 << (c - 0xCC)
-        elif 0xD0 <= c <= 0xD3:
-            r.pos += 1 << (c - 0xD0)
-        elif 0xD4 <= c <= 0xD8:
-            r.pos += 1 + (1 << (c - 0xD4))
-        elif 0xD9 <= c <= 0xDB:
-            ln = _be(r.b + r.pos, 1 << (c - 0xD9))
-            r.pos += 1 << (c - 0xD9)
-            ok = ok and _utf8_ok(r.b + r.pos, ln)
-            r.pos += ln
-        elif 0xC4 <= c <= 0xC6:
-            r.pos += (1 << (c - 0xC4)) + _be(r.b + r.pos, 1 << (c - 0xC4))
-        elif 0xC7 <= c <= 0xC9:
-            r.pos += (1 << (c - 0xC7)) + 1 + _be(r.b + r.pos, 1 << (c - 0xC7))
-        elif c == 0xDC or c == 0xDD:
-            todo += _be(r.b + r.pos, 2 if c == 0xDC else 4)
-            r.pos += 2 if c == 0xDC else 4
-        elif c == 0xDE or c == 0xDF:
-            todo += 2 * _be(r.b + r.pos, 2 if c == 0xDE else 4)
-            r.pos += 2 if c == 0xDE else 4
-    return ok
-
-
-cdef int _skip_entry(Rd* r, const uint8_t* ks, Py_ssize_t kn) except -1:
-    """Skip the value of an entry whose key we do not use; both must be valid UTF-8 like msgpack demands."""
-    if not _utf8_ok(ks, kn) or not _skip(r):
+cdef int _skip(Rd* r, Py_ssize_t base, bint utf8) except -1:
+    """Move past one complete value held by a container at nesting ``base``, abandoning unless
+    the scan would accept it (and, with ``utf8``, every string in it is valid UTF-8, as msgpack
+    requires of whatever it builds)."""
+    cdef int err
+    cdef Py_ssize_t end = _walk(r.b, r.n, r.pos, base, r.lim, None, utf8, &err)
+    if end < 0:
         raise _Abandon()
+    r.pos = end
     return 0
 
 
+cdef int _skip_entry(Rd* r, const uint8_t* ks, Py_ssize_t kn, Py_ssize_t base) except -1:
+    """Skip the value of an entry whose key we do not use (its map at nesting ``base``); both
+    must be valid UTF-8 like msgpack demands."""
+    if not _utf8_ok(ks, kn):
+        raise _Abandon()
+    return _skip(r, base, True)
+
+
 cdef object _rd_str(Rd* r):
-    """A str at the cursor, else _FAIL (cursor unchanged); invalid UTF-8 raises."""
+    """A str at the cursor, else _FAIL (cursor unchanged) or _Abandon for a malformed one;
+    invalid UTF-8 raises."""
     cdef Py_ssize_t start = r.pos
     cdef Py_ssize_t n = _str_len(r)
+    cdef int c
     if n < 0:
         r.pos = start
+        c = _peek(r)
+        if 0xA0 <= c <= 0xBF or 0xD9 <= c <= 0xDB:
+            raise _Abandon()
         return _FAIL
     r.pos += n
     return PyUnicode_DecodeUTF8(<const char*>(r.b + r.pos - n), n, NULL)
@@ -914,7 +1045,7 @@ cdef inline void _cache_put(PyObject** slot, object s) noexcept:
 cdef object _rd_key(Rd* r):
     """The key of a value map (the scan guarantees a string), interned as msgpack interns it;
     invalid UTF-8 raises."""
-    cdef Py_ssize_t n = _str_len(r)
+    cdef Py_ssize_t n = _key_len(r)
     cdef const uint8_t* s = r.b + r.pos
     cdef PyObject** slot = NULL
     cdef PyObject* e
@@ -945,7 +1076,7 @@ cdef object _rd_opt_id(Rd* r):
     cdef const uint8_t* s
     cdef PyObject** slot
     cdef object o
-    if r.b[r.pos] == 0xC0:
+    if _peek(r) == 0xC0:
         r.pos += 1
         return None
     n = _str_len(r)
@@ -975,7 +1106,7 @@ cdef object _rd_wc(Rd* r):
 cdef object _rd_timeout(Rd* r):
     """A ``timeout`` (op or batch level) at the cursor: None for nil, an int, or _Abandon."""
     cdef object t
-    if r.b[r.pos] == 0xC0:
+    if _peek(r) == 0xC0:
         r.pos += 1
         return None
     t = _rd_int(r)
@@ -984,13 +1115,18 @@ cdef object _rd_timeout(Rd* r):
     return t
 
 
+cdef inline int _need(Rd* r, Py_ssize_t k) except -1:
+    """Abandon unless ``k`` more bytes follow the cursor (the scan's truncation checks)."""
+    if k > r.n - r.pos:
+        raise _Abandon()
+    return 0
+
+
 cdef object _rd_int(Rd* r):
     """An int field: any integer or an integral float, else _FAIL (cursor unchanged)."""
-    cdef uint8_t c = r.b[r.pos]
-    cdef double d
-    cdef float f
-    cdef uint32_t u32
-    cdef uint64_t u
+    cdef uint8_t c
+    _need(r, 1)
+    c = r.b[r.pos]
     if c <= 0x7F:
         r.pos += 1
         return PyLong_FromLong(c)
@@ -1011,11 +1147,13 @@ cdef object _rd_number(Rd* r, bint int_field):
     cdef int w
     if 0xCC <= c <= 0xCF:
         w = 1 << (c - 0xCC)
+        _need(r, 1 + w)
         u = _be(r.b + r.pos + 1, w)
         r.pos += 1 + w
         return PyLong_FromUnsignedLongLong(u)
     if 0xD0 <= c <= 0xD3:
         w = 1 << (c - 0xD0)
+        _need(r, 1 + w)
         u = _be(r.b + r.pos + 1, w)
         r.pos += 1 + w
         if w == 1:
@@ -1026,11 +1164,13 @@ cdef object _rd_number(Rd* r, bint int_field):
             return PyLong_FromLong(<int32_t>u)
         return PyLong_FromLongLong(<int64_t>u)
     if c == 0xCA:
+        _need(r, 5)
         u32 = <uint32_t>_be(r.b + r.pos + 1, 4)
         memcpy(&f, &u32, 4)
         d = f
         r.pos += 5
     else:
+        _need(r, 9)
         u = _be(r.b + r.pos + 1, 8)
         memcpy(&d, &u, 8)
         r.pos += 9
@@ -1041,16 +1181,20 @@ cdef object _rd_number(Rd* r, bint int_field):
     return _FAIL
 
 
-cdef object _rd_value(Rd* r, int depth):
-    """One opaque value, built exactly as msgpack.unpackb(raw=False) builds it."""
-    cdef uint8_t c = r.b[r.pos]
+cdef object _rd_value(Rd* r, Py_ssize_t depth):
+    """One opaque value, built exactly as msgpack.unpackb(raw=False) builds it (``depth`` is the
+    nesting it has if it is a container); abandons where the scan would refuse the frame."""
+    cdef uint8_t c
     cdef Py_ssize_t n, i
     cdef object o, k
     cdef list lst
     cdef dict dct
-    cdef int code
+    cdef int code, w
+    cdef uint64_t ln
     if depth > 300:
         raise _Abandon()
+    _need(r, 1)
+    c = r.b[r.pos]
     if c <= 0x7F or c >= 0xE0 or (0xCA <= c <= 0xD3):
         if c <= 0x7F:
             r.pos += 1
@@ -1072,6 +1216,8 @@ cdef object _rd_value(Rd* r, int depth):
         return _rd_str(r)
     if 0x90 <= c <= 0x9F or c == 0xDC or c == 0xDD:
         n = _arr_len(r)
+        if n < 0 or depth > r.lim.max_depth:
+            raise _Abandon()
         lst = PyList_New(n)
         for i in range(n):
             o = _rd_value(r, depth + 1)
@@ -1080,6 +1226,8 @@ cdef object _rd_value(Rd* r, int depth):
         return lst
     if 0x80 <= c <= 0x8F or c == 0xDE or c == 0xDF:
         n = _map_len(r)
+        if n < 0 or depth > r.lim.max_depth:
+            raise _Abandon()
         dct = {}
         for i in range(n):
             k = _rd_key(r)
@@ -1087,8 +1235,14 @@ cdef object _rd_value(Rd* r, int depth):
             dct[k] = o
         return dct
     if 0xC4 <= c <= 0xC6:
-        n = <Py_ssize_t>_be(r.b + r.pos + 1, 1 << (c - 0xC4))
-        r.pos += 1 + (1 << (c - 0xC4))
+        w = 1 << (c - 0xC4)
+        _need(r, 1 + w)
+        ln = _be(r.b + r.pos + 1, w)
+        r.pos += 1 + w
+        if ln > r.lim.max_bin:
+            raise _Abandon()
+        n = <Py_ssize_t>ln
+        _need(r, n)
         o = PyBytes_FromStringAndSize(<const char*>(r.b + r.pos), n)
         r.pos += n
         return o
@@ -1097,8 +1251,17 @@ cdef object _rd_value(Rd* r, int depth):
             n = 1 << (c - 0xD4)
             r.pos += 1
         else:
-            n = <Py_ssize_t>_be(r.b + r.pos + 1, 1 << (c - 0xC7))
-            r.pos += 1 + (1 << (c - 0xC7))
+            w = 1 << (c - 0xC7)
+            _need(r, 1 + w)
+            ln = _be(r.b + r.pos + 1, w)
+            r.pos += 1 + w
+            if ln > r.lim.max_bin:
+                raise _Abandon()
+            n = <Py_ssize_t>ln
+        _need(r, 1)
+        _need(r, 1 + n)
+        if r.b[r.pos] == 0x80:
+            raise _Abandon()  # the reserved type -128: the scan refuses the frame
         code = <int8_t>r.b[r.pos]
         r.pos += 1
         o = PyBytes_FromStringAndSize(<const char*>(r.b + r.pos), n)
@@ -1124,18 +1287,21 @@ class _Abandon(Exception):
 cdef int _rd_ts_int(Rd* r, long long* out) except -1:
     """A timestamp part into ``out``: an integer (or integral float) in [0, 2**63), else _Abandon
     (what _rd_int followed by a signed 64-bit, non-negative check accepts, without the int)."""
-    cdef uint8_t c = r.b[r.pos]
+    cdef uint8_t c
     cdef uint64_t u
     cdef uint32_t u32
     cdef float f
     cdef double d
     cdef int w
+    _need(r, 1)
+    c = r.b[r.pos]
     if c <= 0x7F:
         r.pos += 1
         out[0] = c
         return 0
     if 0xCC <= c <= 0xCF or 0xD0 <= c <= 0xD3:
         w = 1 << ((c - 0xCC) if c <= 0xCF else (c - 0xD0))
+        _need(r, 1 + w)
         u = _be(r.b + r.pos + 1, w)
         if c >= 0xD0 and w < 8 and (u >> (8 * w - 1)):
             raise _Abandon()  # a negative int8/16/32
@@ -1145,11 +1311,13 @@ cdef int _rd_ts_int(Rd* r, long long* out) except -1:
         out[0] = <long long>u
         return 0
     if c == 0xCA:
+        _need(r, 5)
         u32 = <uint32_t>_be(r.b + r.pos + 1, 4)
         memcpy(&f, &u32, 4)
         d = f
         w = 4
     elif c == 0xCB:
+        _need(r, 9)
         u = _be(r.b + r.pos + 1, 8)
         memcpy(&d, &u, 8)
         w = 8
@@ -1162,15 +1330,16 @@ cdef int _rd_ts_int(Rd* r, long long* out) except -1:
     return 0
 
 
-cdef int _rd_ts_parts(Rd* r, long long* millis, long long* counter, const uint8_t** node, Py_ssize_t* node_len) except -1:
-    """Parse a Timestamp map into C values; raise _Abandon unless plainly valid."""
+cdef int _rd_ts_parts(Rd* r, long long* millis, long long* counter, const uint8_t** node, Py_ssize_t* node_len,
+                      Py_ssize_t depth) except -1:
+    """Parse a Timestamp map (at nesting ``depth``) into C values; raise _Abandon unless plainly valid."""
     cdef Py_ssize_t n = _map_len(r), i, kn, sl
     cdef const uint8_t* ks
     cdef bint got_m = False, got_c = False, got_n = False
     if n < 0:
         raise _Abandon()
     for i in range(n):
-        kn = _str_len(r)
+        kn = _key_len(r)
         ks = r.b + r.pos
         r.pos += kn
         if _key_is(ks, kn, "millis", 6):
@@ -1190,7 +1359,7 @@ cdef int _rd_ts_parts(Rd* r, long long* millis, long long* counter, const uint8_
             r.pos += sl
             got_n = True
         else:
-            _skip_entry(r, ks, kn)
+            _skip_entry(r, ks, kn, depth)
     if not (got_m and got_c and got_n):
         raise _Abandon()
     return 0
@@ -1232,7 +1401,7 @@ cdef object _rd_map_name(Rd* r):
     global _last_map
     cdef Py_ssize_t start, n, ln
     cdef const char* u
-    if r.b[r.pos] == 0xC0:
+    if _peek(r) == 0xC0:
         r.pos += 1
         return None
     start = r.pos
@@ -1270,14 +1439,15 @@ cdef inline object _counter_int(long long counter):
     return o
 
 
-cdef object _rd_ts(Rd* r, object like):
-    """A Timestamp; ``like`` (a Timestamp or None) is returned instead when equal."""
+cdef object _rd_ts(Rd* r, object like, Py_ssize_t depth):
+    """A Timestamp (its map at nesting ``depth``); ``like`` (a Timestamp or None) is returned
+    instead when equal."""
     cdef long long millis = 0, counter = 0
     cdef const uint8_t* node = NULL
     cdef Py_ssize_t node_len = 0, ln
     cdef const char* u
     cdef int overflow = 0
-    _rd_ts_parts(r, &millis, &counter, &node, &node_len)
+    _rd_ts_parts(r, &millis, &counter, &node, &node_len, depth)
     if like is not None:
         if (PyLong_AsLongLongAndOverflow(<object>PyTuple_GET_ITEM(like, 0), &overflow) == millis and not overflow
                 and PyLong_AsLongLongAndOverflow(<object>PyTuple_GET_ITEM(like, 1), &overflow) == counter
@@ -1288,23 +1458,23 @@ cdef object _rd_ts(Rd* r, object like):
     return _tuple3(_TS_T, _millis_int(millis), _counter_int(counter), _node_str(node, node_len))
 
 
-cdef object _rd_record(Rd* r, bint is_or):
-    """An LWWRecord (or ORMapRecord) map; raise _Abandon unless plainly valid."""
+cdef object _rd_record(Rd* r, bint is_or, Py_ssize_t depth):
+    """An LWWRecord (or ORMapRecord) map at nesting ``depth``; raise _Abandon unless plainly valid."""
     cdef Py_ssize_t n = _map_len(r), i, kn
     cdef const uint8_t* ks
     cdef object value = None, ts = None, ttl = None, tag = None
     if n < 0:
         raise _Abandon()
     for i in range(n):
-        kn = _str_len(r)
+        kn = _key_len(r)
         ks = r.b + r.pos
         r.pos += kn
         if _key_is(ks, kn, "value", 5):
-            value = _rd_value(r, 3)
+            value = _rd_value(r, depth + 1)
         elif _key_is(ks, kn, "timestamp", 9):
-            ts = _rd_ts(r, None)
+            ts = _rd_ts(r, None, depth + 1)
         elif _key_is(ks, kn, "ttlMs", 5):
-            if r.b[r.pos] == 0xC0:
+            if _peek(r) == 0xC0:
                 r.pos += 1
                 ttl = None
             else:
@@ -1316,7 +1486,7 @@ cdef object _rd_record(Rd* r, bint is_or):
             if tag is _FAIL or PyUnicode_GET_LENGTH(tag) == 0:
                 raise _Abandon()
         else:
-            _skip_entry(r, ks, kn)
+            _skip_entry(r, ks, kn, depth)
     if ts is None or (is_or and tag is None):
         raise _Abandon()
     if is_or:
@@ -1327,7 +1497,7 @@ cdef object _rd_record(Rd* r, bint is_or):
 cdef object _rd_opt_str(Rd* r):
     """nil -> None, str -> str, anything else abandons."""
     cdef object s
-    if r.b[r.pos] == 0xC0:
+    if _peek(r) == 0xC0:
         r.pos += 1
         return None
     s = _rd_str(r)
@@ -1376,7 +1546,7 @@ cdef object _rd_member(Rd* r, Members* t, dict by_value):
     """nil -> None; a str -> its member in ``by_value``, or _FAIL when it names none; anything
     else abandons (what _rd_opt_str and a lookup in ``by_value`` give). The values in ``t`` are
     recognised by their bytes, without making the str."""
-    cdef uint8_t c = r.b[r.pos]
+    cdef int c = _peek(r)
     cdef Py_ssize_t n
     cdef int i
     cdef object s
@@ -1384,7 +1554,7 @@ cdef object _rd_member(Rd* r, Members* t, dict by_value):
     if c == 0xC0:
         r.pos += 1
         return None
-    if 0xA0 <= c <= 0xBF:
+    if 0xA0 <= c <= 0xBF and (c & 0x1F) < r.n - r.pos:
         n = c & 0x1F
         for i in range(t.n):
             if t.lens[i] == n and memcmp(r.b + r.pos + 1, t.names[i], n) == 0:
@@ -1399,7 +1569,8 @@ cdef object _rd_member(Rd* r, Members* t, dict by_value):
     return <object>q
 
 
-cdef object _rd_op(Rd* r):
+cdef object _rd_op(Rd* r, Py_ssize_t depth):
+    """The ClientOp of the op map (at nesting ``depth``) at the cursor; _Abandon unless plainly valid."""
     cdef Py_ssize_t n = _map_len(r), i, kn, ts_pos = -1
     cdef const uint8_t* ks
     cdef object op_id = None, map_name = None, key = None, op_type = None, record = None
@@ -1411,7 +1582,7 @@ cdef object _rd_op(Rd* r):
     if n < 0:
         raise _Abandon()
     for i in range(n):
-        kn = _str_len(r)
+        kn = _key_len(r)
         ks = r.b + r.pos
         r.pos += kn
         if kn == 2 and ks[0] == 0x69 and ks[1] == 0x64:  # "id"
@@ -1425,19 +1596,19 @@ cdef object _rd_op(Rd* r):
             if op_type is _FAIL:
                 op_type = None  # an unknown kind: classified by the record fields
         elif _key_is(ks, kn, "record", 6):
-            if r.b[r.pos] == 0xC0:
+            if _peek(r) == 0xC0:
                 r.pos += 1
                 record = None
                 rec_nil = True
             else:
-                record = _rd_record(r, False)
+                record = _rd_record(r, False, depth + 1)
                 rec_nil = False
         elif _key_is(ks, kn, "orRecord", 8):
-            if r.b[r.pos] == 0xC0:
+            if _peek(r) == 0xC0:
                 r.pos += 1
                 or_record = None
             else:
-                or_record = _rd_record(r, True)
+                or_record = _rd_record(r, True, depth + 1)
         elif _key_is(ks, kn, "orTag", 5):
             or_tag = _rd_opt_str(r)
         elif _key_is(ks, kn, "writeConcern", 12):
@@ -1446,26 +1617,27 @@ cdef object _rd_op(Rd* r):
             timeout = _rd_timeout(r)
         elif _key_is(ks, kn, "timestamp", 9):
             # parsed after the loop, so it can share the record's Timestamp whatever the key order
-            if r.b[r.pos] == 0xC0:
+            if _peek(r) == 0xC0:
                 ts_pos = -1
                 r.pos += 1
             else:
                 ts_pos = r.pos
-                _skip(r)  # parsed (and so checked) below
+                _skip(r, depth, False)  # parsed (and so checked) below
         else:
-            _skip_entry(r, ks, kn)
+            _skip_entry(r, ks, kn, depth)
     if map_name is None or PyUnicode_GET_LENGTH(map_name) == 0 or key is None:
         raise _Abandon()
     if ts_pos >= 0:
         sub.b = r.b
         sub.n = r.n
+        sub.lim = r.lim
         sub.pos = ts_pos
         like = None
         if record is not None:
             like = <object>PyTuple_GET_ITEM(record, 1)
         elif or_record is not None:
             like = <object>PyTuple_GET_ITEM(or_record, 1)
-        ts = _rd_ts(&sub, like)
+        ts = _rd_ts(&sub, like, depth + 1)
     s = _finish_op(op_id, map_name, key, op_type, rec_nil, record, or_record, or_tag, wc, timeout, ts)
     if s is _FAIL:
         raise _Abandon()
@@ -1491,15 +1663,19 @@ cdef object _slice_op(const uint8_t* b, Py_ssize_t start, Py_ssize_t end, list e
     return op
 
 
-cdef object _rd_op_or_slice(Rd* r, list ext_m1, Py_ssize_t index, object lim):
-    """The op at the cursor: read from the bytes, or, when the reader declines it, by the general way."""
+cdef object _rd_op_or_slice(Rd* r, list ext_m1, Py_ssize_t index, object lim, Py_ssize_t depth):
+    """The op at the cursor (its map at nesting ``depth``): read from the bytes, or, when the
+    reader declines it, by the general way. Before the frame is scanned (``ext_m1`` None) a
+    declined op abandons the frame instead: the caller scans it and reads it again."""
     cdef Py_ssize_t start = r.pos
     try:
-        return _rd_op(r)
+        return _rd_op(r, depth)
     except _Abandon:
+        if ext_m1 is None:
+            raise
         # not plainly valid: this op alone goes the general way
         r.pos = start
-        _skip(r)
+        _skip(r, depth - 1, False)
         return _slice_op(r.b, start, r.pos, ext_m1, index, lim)
 
 
@@ -1512,7 +1688,7 @@ cdef object _bytes_op_batch(Rd* r, Py_ssize_t nk, list ext_m1, object lim):
     cdef PyObject* q
     cdef list lst
     for i in range(1, nk):
-        kn = _str_len(r)
+        kn = _key_len(r)
         ks = r.b + r.pos
         r.pos += kn
         if _key_is(ks, kn, "payload", 7):
@@ -1523,7 +1699,7 @@ cdef object _bytes_op_batch(Rd* r, Py_ssize_t nk, list ext_m1, object lim):
             wc = None
             timeout = None
             for j in range(pk):
-                kn = _str_len(r)
+                kn = _key_len(r)
                 ks = r.b + r.pos
                 r.pos += kn
                 if _key_is(ks, kn, "ops", 3):
@@ -1532,7 +1708,7 @@ cdef object _bytes_op_batch(Rd* r, Py_ssize_t nk, list ext_m1, object lim):
                         raise _Abandon()
                     lst = PyList_New(no)
                     for k in range(no):
-                        s = _rd_op_or_slice(r, ext_m1, k, lim)
+                        s = _rd_op_or_slice(r, ext_m1, k, lim, 4)
                         Py_INCREF(s)
                         PyList_SET_ITEM(lst, k, s)
                     ops = lst
@@ -1541,11 +1717,11 @@ cdef object _bytes_op_batch(Rd* r, Py_ssize_t nk, list ext_m1, object lim):
                 elif _key_is(ks, kn, "timeout", 7):
                     timeout = _rd_timeout(r)
                 else:
-                    _skip_entry(r, ks, kn)
+                    _skip_entry(r, ks, kn, 2)
         elif _key_is(ks, kn, "type", 4):
             raise _Abandon()  # a second "type": let the general path apply dict semantics
         else:
-            _skip_entry(r, ks, kn)
+            _skip_entry(r, ks, kn, 1)
     if ops is None:
         raise _Abandon()
     return _make_batch(ops, wc, timeout)
@@ -1556,54 +1732,71 @@ cdef object _bytes_client_op(Rd* r, Py_ssize_t nk, list ext_m1, object lim):
     to take the general path."""
     cdef Py_ssize_t i, kn
     cdef const uint8_t* ks
-    cdef uint8_t c
+    cdef int c
     cdef object op = None
     for i in range(1, nk):
-        kn = _str_len(r)
+        kn = _key_len(r)
         ks = r.b + r.pos
         r.pos += kn
         if _key_is(ks, kn, "payload", 7):
-            c = r.b[r.pos]
+            c = _peek(r)
             if not (0x80 <= c <= 0x8F or c == 0xDE or c == 0xDF):
                 raise _Abandon()  # a payload that is no map fails the frame: the general path says how
             # a repeated payload replaces the earlier one, as in the dict msgpack builds
-            op = _rd_op_or_slice(r, ext_m1, -1, lim)
+            op = _rd_op_or_slice(r, ext_m1, -1, lim, 2)
         elif _key_is(ks, kn, "type", 4):
             raise _Abandon()  # a second "type": let the general path apply dict semantics
         else:
-            _skip_entry(r, ks, kn)
+            _skip_entry(r, ks, kn, 1)
     if op is None:
         raise _Abandon()
     return _make_cop(op)
 
 
 cdef bytes _OP_BATCH_PREFIX = b"\xa4type\xa8OP_BATCH"
+cdef enum:
+    # the deepest fixed part the reader does not check itself: an OP_BATCH record's timestamp
+    # (frame 1, payload 2, ops 3, op 4, record 5, timestamp 6)
+    MIN_FUSED_DEPTH = 6
 cdef bytes _CLIENT_OP_PREFIX = b"\xa4type\xa9CLIENT_OP"
 
 
-cdef object _bytes_op_frame(const uint8_t* b, Py_ssize_t n, list ext_m1, object lim):
-    """The OpBatch or ClientOpMessage read straight from a scanned frame, or _FAIL to take the
-    general path. Only frames whose first entry is the ``type`` (every encoder we know writes
-    it first) take this path."""
+cdef object _bytes_op_frame(const uint8_t* b, Py_ssize_t n, list ext_m1, object lim, const Lim* lm):
+    """The OpBatch or ClientOpMessage read straight from the frame, or _FAIL to take the general
+    path. Only frames whose first entry is the ``type`` (every encoder we know writes it first)
+    take this path.
+
+    ``ext_m1`` is what :func:`_scan` returned for the frame, or None when it has not been
+    scanned: the reader then checks everything the scan checks as it goes (bounds, limits,
+    key types, reserved bytes, trailing bytes, with ``lm.max_depth`` at least the nesting of
+    the fixed parts, MIN_FUSED_DEPTH) and gives up (_FAIL) on anything the scan might refuse
+    or on any op it declines, so a frame it returns is one the scan accepts, read exactly as
+    after the scan."""
     cdef Rd r
     cdef Py_ssize_t nk
+    cdef object msg
     r.b = b
     r.n = n
     r.pos = 0
+    r.lim = lm
     nk = _map_len(&r)
     if nk < 1:
         return _FAIL
     try:
         if r.pos + 14 <= n and memcmp(b + r.pos, PyBytes_AS_STRING(_OP_BATCH_PREFIX), 14) == 0:
             r.pos += 14
-            return _bytes_op_batch(&r, nk, ext_m1, lim)
-        if r.pos + 15 <= n and memcmp(b + r.pos, PyBytes_AS_STRING(_CLIENT_OP_PREFIX), 15) == 0:
+            msg = _bytes_op_batch(&r, nk, ext_m1, lim)
+        elif r.pos + 15 <= n and memcmp(b + r.pos, PyBytes_AS_STRING(_CLIENT_OP_PREFIX), 15) == 0:
             r.pos += 15
-            return _bytes_client_op(&r, nk, ext_m1, lim)
+            msg = _bytes_client_op(&r, nk, ext_m1, lim)
+        else:
+            return _FAIL
     except (_Abandon, ValueError, TypeError, msgpack.UnpackException):
         # includes invalid UTF-8: the general path reports it for the whole frame
         return _FAIL
-    return _FAIL
+    if r.pos != n:
+        return _FAIL  # trailing bytes (only possible before the scan): the scan says so
+    return msg
 
 
 def decode(frame, limits=None):
@@ -1614,6 +1807,8 @@ def decode(frame, limits=None):
     cdef Py_ssize_t n
     cdef object msg
     cdef list ext_m1
+    cdef Lim lm
+    cdef Py_ssize_t max_frame
     if PyBytes_CheckExact(frame):
         # the usual case: read the bytes in place (acquiring a typed memoryview costs more
         # than decoding a small op)
@@ -1626,10 +1821,21 @@ def decode(frame, limits=None):
             view = memoryview(frame).cast("B")
         n = view.shape[0]
         b = &view[0] if n else NULL
-    if n > lim.max_frame_bytes:
-        raise FrameTooLargeError(n, lim.max_frame_bytes)
-    ext_m1 = _scan(b, n, lim)
-    msg = _bytes_op_frame(b, n, ext_m1, lim)
+    if _lim_fast_of(lim, &lm, &max_frame):
+        if n > max_frame:
+            raise FrameTooLargeError(n, lim.max_frame_bytes)
+        if lm.max_depth >= MIN_FUSED_DEPTH:
+            # the write kinds in one pass: read while checking what the scan checks; anything
+            # unusual (including every malformed frame) is scanned and read again below
+            msg = _bytes_op_frame(b, n, None, lim, &lm)
+            if msg is not _FAIL:
+                return msg
+    else:
+        if n > lim.max_frame_bytes:
+            raise FrameTooLargeError(n, lim.max_frame_bytes)
+        _lim_of(lim, &lm)
+    ext_m1 = _scan(b, n, &lm)
+    msg = _bytes_op_frame(b, n, ext_m1, lim, &lm)
     if msg is not _FAIL:
         return msg
     return from_wire(_unpack_scanned(frame, ext_m1), lim)
