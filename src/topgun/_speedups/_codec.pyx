@@ -997,23 +997,31 @@ cdef object _rd_str(Rd* r):
 
 # Recently decoded short strings, by their UTF-8 bytes. The keys of user values are the same
 # few strings in op after op (and msgpack interns each one: a UTF-8 check, a new str, a
-# siphash and an interned-dict lookup, for the str it already holds), and op ids repeat
-# from batch to batch; a direct-mapped table returns the str decoded last time for the same
-# bytes instead. A slot is trusted only after comparing the bytes (a cheap hash picks the
-# slot, nothing more); it holds compact ASCII strs only, whose data are their UTF-8 bytes,
-# so non-ASCII and invalid UTF-8 always take the decoder. Equal strs only: what a caller
-# sees is unchanged. The GIL serialises access.
+# siphash and an interned-dict lookup, for the str it already holds), op ids repeat from
+# batch to batch, and map names and node ids from op to op of each client (with many
+# clients interleaved, so remembering only the last one seldom helps); a direct-mapped
+# table returns the str decoded last time for the same bytes instead. A slot is trusted
+# only after comparing the bytes (a cheap hash picks the slot, nothing more); it holds
+# compact ASCII strs only, whose data are their UTF-8 bytes, so non-ASCII and invalid UTF-8
+# always take the decoder. Equal strs only: what a caller sees is unchanged (later stages
+# test map names for identity before equality; a stored record's node id is shared rather
+# than copied). The GIL serialises access.
 cdef enum:
-    STR_CACHE_MAX = 32     # longer strings are decoded every time
+    STR_CACHE_MAX = 32     # longer keys and op ids are decoded every time
+    NAME_CACHE_MAX = 64    # likewise map names and node ids (UUIDs and the like fit)
     KEY_CACHE_BITS = 9     # value-map keys: 512 slots, each an interned str
     ID_CACHE_BITS = 10     # op ids: 1024 slots (a batch of a few hundred ops mostly fits)
+    MAP_CACHE_BITS = 8     # map names: 256 slots
+    NODE_CACHE_BITS = 10   # node ids: 1024 slots (one per client writing)
 
 cdef PyObject* _key_cache[1 << KEY_CACHE_BITS]
 cdef PyObject* _id_cache[1 << ID_CACHE_BITS]
+cdef PyObject* _map_cache[1 << MAP_CACHE_BITS]
+cdef PyObject* _node_cache[1 << NODE_CACHE_BITS]
 
 
 cdef inline uint64_t _short_hash(const uint8_t* s, Py_ssize_t n) noexcept nogil:
-    """A slot picker for 0 <= n <= STR_CACHE_MAX bytes (its top bits are the slot)."""
+    """A slot picker for ``n`` bytes (its top bits are the slot); reads at most 16 of them."""
     cdef uint64_t a = 0, b = 0
     cdef Py_ssize_t i
     if n >= 8:
@@ -1069,13 +1077,25 @@ cdef object _rd_key(Rd* r):
     return k
 
 
-cdef object _rd_opt_id(Rd* r):
-    """Like _rd_opt_str (nil -> None, str -> an equal str, anything else abandons), returning the
-    str of the same short bytes decoded before when there is one."""
-    cdef Py_ssize_t start = r.pos, n
-    cdef const uint8_t* s
+cdef object _cached_str(PyObject** table, int bits, Py_ssize_t max_len, const uint8_t* s, Py_ssize_t n):
+    """The str of the UTF-8 bytes ``s[:n]``: the one ``table`` holds for them, else a new one
+    (kept there when at most ``max_len`` bytes); invalid UTF-8 raises."""
     cdef PyObject** slot
     cdef object o
+    if n > max_len:
+        return PyUnicode_DecodeUTF8(<const char*>s, n, NULL)
+    slot = &table[_short_hash(s, n) >> (64 - bits)]
+    if _cached_is(slot[0], s, n):
+        return <object>slot[0]
+    o = PyUnicode_DecodeUTF8(<const char*>s, n, NULL)
+    _cache_put(slot, o)
+    return o
+
+
+cdef object _rd_opt_cached(Rd* r, PyObject** table, int bits, Py_ssize_t max_len):
+    """Like _rd_opt_str (nil -> None, str -> an equal str, anything else abandons), through
+    :func:`_cached_str`."""
+    cdef Py_ssize_t start = r.pos, n
     if _peek(r) == 0xC0:
         r.pos += 1
         return None
@@ -1083,16 +1103,8 @@ cdef object _rd_opt_id(Rd* r):
     if n < 0:
         r.pos = start
         raise _Abandon()
-    s = r.b + r.pos
     r.pos += n
-    if n > STR_CACHE_MAX:
-        return PyUnicode_DecodeUTF8(<const char*>s, n, NULL)
-    slot = &_id_cache[_short_hash(s, n) >> (64 - ID_CACHE_BITS)]
-    if _cached_is(slot[0], s, n):
-        return <object>slot[0]
-    o = PyUnicode_DecodeUTF8(<const char*>s, n, NULL)
-    _cache_put(slot, o)
-    return o
+    return _cached_str(table, bits, max_len, r.b + r.pos - n, n)
 
 
 cdef object _rd_wc(Rd* r):
@@ -1365,11 +1377,10 @@ cdef int _rd_ts_parts(Rd* r, long long* millis, long long* counter, const uint8_
     return 0
 
 
-# The last node id and millis decoded: the ops of one client carry the same node id, and ops
-# written in the same millisecond the same millis, so consecutive timestamps share these
-# objects instead of each holding its own copy (about 90 bytes per stored record). Equal
-# values only, so what a caller sees is unchanged; the GIL serialises access.
-cdef object _last_node = None
+# The last millis decoded: ops written in the same millisecond carry the same millis, so
+# consecutive timestamps share it instead of each holding its own copy (as they share node
+# ids through _node_cache). Equal values only, so what a caller sees is unchanged; the GIL
+# serialises access.
 cdef object _last_millis = None
 cdef long long _last_millis_v = -1
 # Likewise the last counter: consecutive equal counters (ops stamped with one clock reading,
@@ -1377,46 +1388,6 @@ cdef long long _last_millis_v = -1
 # already do.
 cdef object _last_counter = None
 cdef long long _last_counter_v = -1
-
-
-cdef inline object _node_str(const uint8_t* node, Py_ssize_t node_len):
-    global _last_node
-    cdef Py_ssize_t ln
-    cdef const char* u
-    if _last_node is not None:
-        u = PyUnicode_AsUTF8AndSize(_last_node, &ln)
-        if ln == node_len and memcmp(u, node, ln) == 0:
-            return _last_node
-    s = PyUnicode_DecodeUTF8(<const char*>node, node_len, NULL)
-    _last_node = s
-    return s
-
-
-cdef object _last_map = None
-
-
-cdef object _rd_map_name(Rd* r):
-    """Like _rd_opt_str, sharing the last map name decoded: the ops of a batch name the same
-    map, and later stages test map names for identity before equality."""
-    global _last_map
-    cdef Py_ssize_t start, n, ln
-    cdef const char* u
-    if _peek(r) == 0xC0:
-        r.pos += 1
-        return None
-    start = r.pos
-    n = _str_len(r)
-    if n < 0:
-        r.pos = start
-        raise _Abandon()
-    r.pos += n
-    if _last_map is not None:
-        u = PyUnicode_AsUTF8AndSize(_last_map, &ln)
-        if ln == n and memcmp(u, r.b + r.pos - n, n) == 0:
-            return _last_map
-    s = PyUnicode_DecodeUTF8(<const char*>(r.b + r.pos - n), n, NULL)
-    _last_map = s
-    return s
 
 
 cdef inline object _millis_int(long long millis):
@@ -1455,7 +1426,7 @@ cdef object _rd_ts(Rd* r, object like, Py_ssize_t depth):
             u = PyUnicode_AsUTF8AndSize(<object>PyTuple_GET_ITEM(like, 2), &ln)
             if ln == node_len and memcmp(u, node, ln) == 0:
                 return like
-    return _tuple3(_TS_T, _millis_int(millis), _counter_int(counter), _node_str(node, node_len))
+    return _tuple3(_TS_T, _millis_int(millis), _counter_int(counter), _cached_str(_node_cache, NODE_CACHE_BITS, NAME_CACHE_MAX, node, node_len))
 
 
 cdef object _rd_record(Rd* r, bint is_or, Py_ssize_t depth):
@@ -1586,9 +1557,9 @@ cdef object _rd_op(Rd* r, Py_ssize_t depth):
         ks = r.b + r.pos
         r.pos += kn
         if kn == 2 and ks[0] == 0x69 and ks[1] == 0x64:  # "id"
-            op_id = _rd_opt_id(r)
+            op_id = _rd_opt_cached(r, _id_cache, ID_CACHE_BITS, STR_CACHE_MAX)
         elif _key_is(ks, kn, "mapName", 7):
-            map_name = _rd_map_name(r)
+            map_name = _rd_opt_cached(r, _map_cache, MAP_CACHE_BITS, NAME_CACHE_MAX)
         elif _key_is(ks, kn, "key", 3):
             key = _rd_opt_str(r)
         elif _key_is(ks, kn, "opType", 6):
