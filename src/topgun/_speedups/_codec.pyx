@@ -544,6 +544,8 @@ cdef object _make_batch(object ops, object wc, object timeout):
 # plain valid shape; the caller then runs the pure decoder for that op.
 
 cdef object _FAIL = object()
+# 2**32 as a C constant (a literal beyond int is a Python int, and comparing with it a call)
+cdef long long U32_END = <long long>1 << 32
 cdef dict _OP_TYPES = {m.value: m for m in OpType}
 cdef dict _WCS = {m.value: m for m in WriteConcern}
 cdef object _PUT = OpType.PUT
@@ -593,7 +595,7 @@ cdef object _fast_ts(PyObject* v):
     if overflow != 0 or x < 0:
         return _FAIL
     x = PyLong_AsLongLongAndOverflow(counter, &overflow)
-    if overflow != 0 or x < 0 or x >= 4294967296:
+    if overflow != 0 or x < 0 or x >= U32_END:
         return _FAIL
     if not PyUnicode_CheckExact(<object>nd):
         return _FAIL
@@ -626,7 +628,7 @@ cdef object _same_ts(PyObject* v, object rec):
             <object>PyTuple_GET_ITEM(ts, 1), &overflow) or overflow != 0:
         return None
     want = PyLong_AsLongLongAndOverflow(<object>PyTuple_GET_ITEM(ts, 0), &overflow)
-    if overflow != 0 or want < 0 or want > 9007199254740992:
+    if overflow != 0 or want < 0 or want > (<long long>1 << 53):
         return None
     if PyFloat_CheckExact(<object>m):
         if PyFloat_AS_DOUBLE(<object>m) != <double>want:
@@ -1359,7 +1361,7 @@ cdef int _rd_ts_parts(Rd* r, long long* millis, long long* counter, const uint8_
             got_m = True
         elif _key_is(ks, kn, "counter", 7):
             _rd_ts_int(r, counter)
-            if counter[0] >= 4294967296:
+            if counter[0] >= U32_END:
                 raise _Abandon()
             got_c = True
         elif _key_is(ks, kn, "nodeId", 6):
@@ -1911,7 +1913,7 @@ cdef int _put_int(Buf* b, object o) except -1:
             return _put_be(b, 0xCC, v, 1)
         if v < 65536:
             return _put_be(b, 0xCD, v, 2)
-        if v < 4294967296:
+        if v < U32_END:
             return _put_be(b, 0xCE, v, 4)
         return _put_be(b, 0xCF, v, 8)
     if v >= -32:
