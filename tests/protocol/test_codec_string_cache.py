@@ -161,11 +161,30 @@ def test_non_ascii_keys_beside_ascii_ones(pure: Any, compiled: Any) -> None:
     ],
     ids=["last-byte", "all", "non-ascii", "truncated", "surrogate", "overlong"],
 )
-@pytest.mark.parametrize("where", ["value-key", "nested-key", "op-id", "long-value-key", "long-op-id"])
+@pytest.mark.parametrize(
+    "where",
+    [
+        "value-key",
+        "nested-key",
+        "op-id",
+        "long-value-key",
+        "long-op-id",
+        "map-name",
+        "node-id",
+        "long-map-name",
+        "long-node-id",
+    ],
+)
 def test_valid_then_invalid_utf8(pure: Any, compiled: Any, good: bytes, bad: bytes, where: str) -> None:
     marker = b"QQQQ"
     pad = "p" * 30  # makes the string longer than the cached limit
-    if where == "value-key":
+    name_pad = "p" * 62  # likewise for map names and node ids
+    if where in ("map-name", "long-map-name"):
+        op = _op(0, 1) | {"mapName": ("" if where == "map-name" else name_pad) + "QQQQ"}
+    elif where in ("node-id", "long-node-id"):
+        op = _op(0, 1)
+        op["record"]["timestamp"]["nodeId"] = ("" if where == "node-id" else name_pad) + "QQQQ"
+    elif where == "value-key":
         op = _op(0, {"QQQQ": 1})
     elif where == "nested-key":
         op = _op(0, {"n": [{"QQQQ": 1}]})
@@ -201,6 +220,46 @@ def test_op_ids_decode_exactly(pure: Any, compiled: Any) -> None:
         single = pk({"type": "CLIENT_OP", "payload": _op(0, 1, op_id=op_id)})
         assert _agree(pure, compiled, single).op.id == op_id
     assert _agree(pure, compiled, _batch([_op(0, 1, op_id=None) | {"id": None}])).ops[0].id is None
+
+
+def _named_op(i: int, map_name: str, node_id: str) -> dict[str, Any]:
+    op = _op(i, i) | {"mapName": map_name}
+    op["record"]["timestamp"]["nodeId"] = node_id
+    return op
+
+
+def test_map_names_and_node_ids_decode_exactly(pure: Any, compiled: Any) -> None:
+    # node ids may hold no ':' and neither may be empty; past 64 bytes neither is kept
+    names = [n for n in _ascii_keys() + NON_ASCII if n] + ["x" * 64, "x" * 65, "y" * 100]
+    ops = [_named_op(i, name, names[-1 - i]) for i, name in enumerate(names)]
+    for _ in range(2):
+        for j in range(0, len(ops), 40):
+            got = _agree(pure, compiled, _batch(ops[j : j + 40]))
+            assert [op.map_name for op in got.ops] == names[j : j + 40]
+        got = _agree(pure, compiled, _batch(ops[::-1]))
+        assert [op.record.timestamp.node_id for op in got.ops] == names
+        for op in ops[:60]:
+            single = _agree(pure, compiled, pk({"type": "CLIENT_OP", "payload": op}))
+            assert (single.op.map_name, single.op.record.timestamp.node_id) == (
+                op["mapName"],
+                op["record"]["timestamp"]["nodeId"],
+            )
+
+
+def test_interleaved_clients_share_map_names_and_node_ids(pure: Any, compiled: Any) -> None:
+    # fifty clients, one op each in turn (fire-and-wait): each client's map name and node id
+    # are decoded once, then shared by its later ops
+    frames = [
+        pk({"type": "CLIENT_OP", "payload": _named_op(c, f"bench-fw-1-4242-{c}", f"bench-fw-4242-{c}")})
+        for c in range(50)
+    ]
+    first = [_agree(pure, compiled, f).op for f in frames]
+    again = [_agree(pure, compiled, f).op for f in frames]
+    assert [op.map_name for op in again] == [f"bench-fw-1-4242-{c}" for c in range(50)]
+    if compiled.codec.decode is not pure.codec.decode:
+        assert sum(a.map_name is b.map_name for a, b in zip(first, again, strict=True)) >= 45
+        nodes = zip(first, again, strict=True)
+        assert sum(a.record.timestamp.node_id is b.record.timestamp.node_id for a, b in nodes) >= 45
 
 
 def test_repeated_short_ids_are_shared(pure: Any, compiled: Any) -> None:

@@ -1013,7 +1013,7 @@ cdef enum:
     NAME_CACHE_MAX = 64    # likewise map names and node ids (UUIDs and the like fit)
     KEY_CACHE_BITS = 9     # value-map keys: 512 slots, each an interned str
     ID_CACHE_BITS = 10     # op ids: 1024 slots (a batch of a few hundred ops mostly fits)
-    MAP_CACHE_BITS = 8     # map names: 256 slots
+    MAP_CACHE_BITS = 10    # map names: 1024 slots (one per client writing to its own map)
     NODE_CACHE_BITS = 10   # node ids: 1024 slots (one per client writing)
 
 cdef PyObject* _key_cache[1 << KEY_CACHE_BITS]
