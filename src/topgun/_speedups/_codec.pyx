@@ -826,12 +826,14 @@ def from_wire(obj, limits=None):
 
 # --------------------------------------------------------------------------- OP_BATCH / CLIENT_OP straight from bytes
 # For the hot frames the intermediate dicts of msgpack are skipped: ops, records and
-# timestamps are read from the (already scanned, so structurally sound) bytes into
-# records; only opaque user values become plain objects, exactly as msgpack builds
-# them. An op that is not plainly valid is unpacked on its own and judged by the
-# general decoder; anything unusual about the frame itself (a payload that is no map,
-# a repeated type, invalid UTF-8) abandons this path for the whole frame, which then
-# goes through unpack + from_wire (the results are identical).
+# timestamps are read from the bytes into records; only opaque user values become plain
+# objects, exactly as msgpack builds them. The reader checks every read against the frame
+# and the limits as the scan would, so it runs first, on the unscanned frame; whatever it
+# is unsure of sends the frame through the scan and then the reader again. An op that is
+# not plainly valid is then unpacked on its own and judged by the general decoder;
+# anything unusual about the frame itself (a payload that is no map, a repeated type,
+# invalid UTF-8) abandons this path for the whole frame, which then goes through unpack +
+# from_wire (the results are identical).
 
 cdef struct Rd:
     const uint8_t* b
