@@ -1138,6 +1138,18 @@ cdef inline int _need(Rd* r, Py_ssize_t k) except -1:
     return 0
 
 
+cdef Py_ssize_t _bin_len(Rd* r, int w) except -1:
+    """The ``w``-byte length after the bin or ext header at the cursor (cursor moved past both);
+    abandons past the frame or beyond ``max_bin_len``, as the scan refuses."""
+    cdef uint64_t ln
+    _need(r, 1 + w)
+    ln = _be(r.b + r.pos + 1, w)
+    r.pos += 1 + w
+    if ln > r.lim.max_bin:
+        raise _Abandon()
+    return <Py_ssize_t>ln
+
+
 cdef object _rd_int(Rd* r):
     """An int field: any integer or an integral float, else _FAIL (cursor unchanged)."""
     cdef uint8_t c
@@ -1205,8 +1217,7 @@ cdef object _rd_value(Rd* r, Py_ssize_t depth):
     cdef object o, k
     cdef list lst
     cdef dict dct
-    cdef int code, w
-    cdef uint64_t ln
+    cdef int code
     if depth > 300:
         raise _Abandon()
     _need(r, 1)
@@ -1251,13 +1262,7 @@ cdef object _rd_value(Rd* r, Py_ssize_t depth):
             dct[k] = o
         return dct
     if 0xC4 <= c <= 0xC6:
-        w = 1 << (c - 0xC4)
-        _need(r, 1 + w)
-        ln = _be(r.b + r.pos + 1, w)
-        r.pos += 1 + w
-        if ln > r.lim.max_bin:
-            raise _Abandon()
-        n = <Py_ssize_t>ln
+        n = _bin_len(r, 1 << (c - 0xC4))
         _need(r, n)
         o = PyBytes_FromStringAndSize(<const char*>(r.b + r.pos), n)
         r.pos += n
@@ -1267,14 +1272,7 @@ cdef object _rd_value(Rd* r, Py_ssize_t depth):
             n = 1 << (c - 0xD4)
             r.pos += 1
         else:
-            w = 1 << (c - 0xC7)
-            _need(r, 1 + w)
-            ln = _be(r.b + r.pos + 1, w)
-            r.pos += 1 + w
-            if ln > r.lim.max_bin:
-                raise _Abandon()
-            n = <Py_ssize_t>ln
-        _need(r, 1)
+            n = _bin_len(r, 1 << (c - 0xC7))
         _need(r, 1 + n)
         if r.b[r.pos] == 0x80:
             raise _Abandon()  # the reserved type -128: the scan refuses the frame
