@@ -357,3 +357,18 @@ async def test_frames_queued_for_a_peer_that_is_gone_are_dropped() -> None:
         await until(lambda: rec.closed == 1)
         conn.send(b"into the void")
         assert conn.closed and conn.outbound_bytes() == 0 and conn._box.first is None
+
+
+async def test_a_gone_connection_is_not_held_by_its_frame_handler() -> None:
+    async with adapter() as (rec, server, _):
+        rec.react = echo
+        peer = await Peer.open(server.port)
+        await peer.send(frame(BINARY, b"hi"))
+        assert await peer.recv_binary() == b"re:hi"
+        conn = rec.conns[0]
+        held = [cell.cell_contents for cell in conn.on_ws_frame.__closure__ or ()]
+        assert conn in held  # the handler picows calls is bound to its connection...
+        peer.abort()
+        await until(lambda: rec.closed == 1)
+        held = [cell.cell_contents for cell in conn.on_ws_frame.__closure__ or ()]
+        assert conn not in held  # ...and lets go of it when the peer is gone
