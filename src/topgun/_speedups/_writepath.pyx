@@ -680,7 +680,7 @@ cdef class _WriteState:
 
 def write_message(handler, ctx, msg):
     """The body of ``WriteHandler.handle`` (see :func:`topgun.server._writepath_py.write_message`)."""
-    cdef object t = type(msg), ops, batch_wc, grid, st_obj, plain, committer
+    cdef object t = type(msg), ops, batch_wc, grid, st_obj, plain, committer, limit, batch
     cdef _WriteState st
     if t is _ClientOpMessage:
         ops = [msg.op]
@@ -703,8 +703,15 @@ def write_message(handler, ctx, msg):
         plain = _plain_changes(ops, batch_wc)
         if plain is None or not _write_plain(st, handler, ctx, <list>ops, <tuple>plain):
             handler._general(ctx, ops, batch_wc)
-    committer = grid.committer
-    if committer is not None and committer.over_backlog(handler.backlog_high_water):
+    committer = st.committer
+    if committer is None:
+        return None
+    limit = handler.backlog_high_water
+    batch = committer.open_batch
+    if batch is not None and type(limit) is int and batch.recorded + committer.sealed_rows <= limit:
+        # what over_backlog answers first, without its Python frame
+        return None
+    if committer.over_backlog(limit):
         return handler._backlog(committer)
     return None
 

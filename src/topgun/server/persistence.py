@@ -246,9 +246,9 @@ class GroupCommitter:
         # Sealed batches in staging order, from the oldest whose future has not resolved yet:
         # queued, running, and committed ones that still wait for an earlier batch.
         self._sealed: deque[_Pending] = deque()
-        # Rows of the sealed batches not committed yet, kept up to date so backlog_rows (asked per
-        # message) is O(1).
-        self._sealed_rows = 0
+        #: Rows of the sealed batches not committed yet, kept up to date so that
+        #: :attr:`backlog_rows` and :meth:`over_backlog` (asked per message) are O(1).
+        self.sealed_rows = 0
         self._running = 0
         self._writes: set[asyncio.Task[None]] = set()
         self._backoff = self.retry_min_s
@@ -308,12 +308,12 @@ class GroupCommitter:
     @property
     def backlog_rows(self) -> int:
         """Rows recorded but not yet committed (open, sealed and in-flight batches)."""
-        return len(self._open.batch) + self._sealed_rows
+        return len(self._open.batch) + self.sealed_rows
 
     def over_backlog(self, limit: int) -> bool:
         """``backlog_rows > limit``, answered from the recording count while that settles it:
         a batch holds at most as many rows as recording calls made on it."""
-        if self._open.batch.recorded + self._sealed_rows <= limit:
+        if self._open.batch.recorded + self.sealed_rows <= limit:
             return False
         return self.backlog_rows > limit
 
@@ -323,7 +323,7 @@ class GroupCommitter:
         p = self._open
         self._sealed.append(p)
         p.rows = len(p.batch)
-        self._sealed_rows += p.rows
+        self.sealed_rows += p.rows
         self._open = _Pending(self._loop)
         self.open_batch = self._open.batch
 
@@ -497,7 +497,7 @@ class GroupCommitter:
     def _committed(self, p: _Pending, elapsed: float) -> None:
         p.state = _COMMITTED
         p.failed = False
-        self._sealed_rows -= p.rows
+        self.sealed_rows -= p.rows
         self._backoff = self.retry_min_s
         self._last_error = None
         st = self.stats
