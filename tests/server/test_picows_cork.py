@@ -15,7 +15,7 @@ import pytest
 from rawclient import RawClient, pack
 
 from topgun.server import TopGunServer
-from topgun.server.transport.picows_transport import _frame_header
+from topgun.server.transport._outbox_py import _frame_header
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -107,7 +107,7 @@ async def test_two_corked_pushes_of_any_sizes(sizes: list[int]) -> None:
 
 
 def test_prebuilt_headers_are_the_computed_ones() -> None:
-    from topgun.server.transport.picows_transport import _HEADER_TABLE, _TABLE_LIMIT
+    from topgun.server.transport._outbox_py import _HEADER_TABLE, _TABLE_LIMIT
 
     assert len(_HEADER_TABLE) == _TABLE_LIMIT
     assert all(_HEADER_TABLE[n] == _frame_header(n) for n in range(_TABLE_LIMIT))

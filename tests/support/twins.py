@@ -14,6 +14,7 @@ TWIN_MODULES: dict[str, tuple[str, str]] = {
     "match": ("topgun._speedups._match", "topgun.server.query._match_py"),
     "writepath": ("topgun._speedups._writepath", "topgun.server._writepath_py"),
     "sessionpath": ("topgun._speedups._sessionpath", "topgun.server._sessionpath_py"),
+    "outbox": ("topgun._speedups._outbox", "topgun.server.transport._outbox_py"),
 }
 
 

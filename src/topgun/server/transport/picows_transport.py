@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +33,7 @@ from picows import (
 )
 
 from topgun.server.transport.base import CloseCode, ConnectionListener, TransportServer, next_connection_id
+from topgun.server.transport.outbox import Outbox, flush_all
 
 __all__ = ["PicowsTransport"]
 
@@ -43,31 +43,9 @@ log = logging.getLogger("topgun.transport")
 _ABORT_AFTER = 5.0
 
 _BINARY = WSMsgType.BINARY
-#: The binary opcode (RFC 6455 §5.2) as a plain int: picows converts an int argument to its C
-#: enum more cheaply than the IntEnum member (about 55 instructions a frame, measured).
-_BINARY_OPCODE = 0x2
-_NO_BOUND = 1 << 62
 _CONTINUATION = WSMsgType.CONTINUATION
 _TEXT = WSMsgType.TEXT
 _CLOSE_FRAME = WSMsgType.CLOSE
-
-
-_SMALL_HEADERS = [bytes((0x82, n)) for n in range(126)]
-_HEADER16 = struct.Struct(">BBH")
-_HEADER64 = struct.Struct(">BBQ")
-#: Headers of every frame size below this, prebuilt: pushes (a SERVER_EVENT is ~150 bytes) take
-#: them by index in the flush loop instead of calling :func:`_frame_header`.
-_TABLE_LIMIT = 2048
-_HEADER_TABLE = _SMALL_HEADERS + [_HEADER16.pack(0x82, 126, n) for n in range(126, _TABLE_LIMIT)]
-
-
-def _frame_header(size: int) -> bytes:
-    """Header of an unmasked, final, binary WebSocket frame of ``size`` bytes (RFC 6455 §5.2)."""
-    if size < 126:
-        return _SMALL_HEADERS[size]
-    if size < 0x1_0000:
-        return _HEADER16.pack(0x82, 126, size)
-    return _HEADER64.pack(0x82, 127, size)
 
 
 def _drop_message(data: bytes) -> None:
@@ -83,139 +61,6 @@ def _close_code(code: int) -> WSCloseCode:
         return WSCloseCode(code)
     except ValueError:
         return WSCloseCode.POLICY_VIOLATION
-
-
-class _Outbox:
-    """The frames one connection queued during this event-loop iteration, and its write state.
-
-    Kept apart from the listener because every frame touches it and the session holds its
-    ``send_bounded``; a plain slotted object is the cheapest place for that state.
-    """
-
-    __slots__ = (
-        "accepting",
-        "dirty",
-        "first",
-        "high_water",
-        "out_bytes",
-        "paused",
-        "paused_frames",
-        "rest",
-        "schedule",
-        "transport",
-        "underlying",
-        "write_buffer_size",
-        "write_frame",
-    )
-
-    def __init__(self, server: PicowsTransport) -> None:
-        # The server's list of outboxes with frames for this iteration's flush, and the call
-        # that schedules that flush (bound on connect, inside the event loop).
-        self.dirty = server._dirty
-        self.schedule: Callable[[], object] | None = None
-        self.transport: WSTransport | None = None
-        # ``transport.send``, bound on connect: writes one frame (what most flushes do). Called
-        # with the opcode as an int, which its stub does not admit.
-        self.write_frame: Callable[..., object] | None = None
-        # The asyncio transport under the WebSocket one.
-        self.underlying: Any = None
-        # Bound once: the session asks after frames it queues.
-        self.write_buffer_size: Any = None
-        # Upper bound of the transport's buffer while writing is not paused (set on connect;
-        # until then nothing is buffered).
-        self.high_water = 0
-        #: sends are taken (connected, no close sent, not disconnected); the queue is dropped
-        #: when the peer goes, so a flush finds nothing for a lost connection
-        self.accepting = False
-        self.paused = False
-        self.paused_frames = 0
-        # Frames waiting for the end-of-iteration flush: the first (None: nothing pending) and
-        # the list of the others (None: at most one), so the usual single reply needs no list.
-        self.first: bytes | None = None
-        self.rest: list[bytes] | None = None
-        self.out_bytes = 0
-
-    def send(self, data: bytes) -> None:
-        # The session sends through send_bounded; this is the plain Connection method.
-        self.send_bounded(data, _NO_BOUND, _NO_BOUND)
-
-    def send_bounded(self, data: bytes, max_bytes: int, max_frames: int) -> bool:
-        """Queue ``data`` for the flush, then whether ``outbound_bytes() > max_bytes or
-        outbound_frames() > max_frames``.
-
-        The same answer as asking both after the send, without doing so for every frame: while the
-        transport has not paused writing its buffer holds at most the high-water mark (it pauses
-        as soon as a write takes it past), and frames are only counted while it is paused, so in
-        the common case the corked bytes alone settle the question.
-        """
-        if self.accepting:
-            if self.first is None:
-                self.first = data
-                dirty = self.dirty
-                if not dirty:
-                    self.schedule()  # type: ignore[misc]
-                dirty.append(self)
-            else:
-                rest = self.rest
-                if rest is None:
-                    self.rest = [data]
-                else:
-                    rest.append(data)
-            size = self.out_bytes + len(data)
-            self.out_bytes = size
-            if not self.paused:
-                return size + self.high_water > max_bytes and self.outbound_bytes() > max_bytes
-            self.paused_frames += 1
-        if self.paused:
-            return self.paused_frames > max_frames or self.outbound_bytes() > max_bytes
-        if self.out_bytes + self.high_water <= max_bytes:
-            return False
-        return self.outbound_bytes() > max_bytes
-
-    def outbound_bytes(self) -> int:
-        size = self.write_buffer_size
-        if size is None:
-            return 0
-        return int(size()) + self.out_bytes
-
-    def drop(self) -> None:
-        """Forget the frames queued for the flush."""
-        self.first = None
-        self.rest = None
-        self.out_bytes = 0
-
-    def flush(self) -> None:
-        first = self.first
-        if first is None:
-            return
-        rest = self.rest
-        self.first = None
-        self.rest = None
-        self.out_bytes = 0
-        ut = self.underlying
-        if ut.is_closing():
-            # The peer is gone but frames it sent earlier are still being dispatched.
-            return
-        if rest is None:
-            self.write_frame(_BINARY_OPCODE, first)  # type: ignore[misc]
-            return
-        table = _HEADER_TABLE
-        n = len(first)
-        if len(rest) == 1:
-            # Two frames, what a write to a map with live queries leaves each subscriber (its
-            # SERVER_EVENT and QUERY_UPDATE): joined from a tuple, without a list grown in a loop.
-            second = rest[0]
-            m = len(second)
-            if n < _TABLE_LIMIT and m < _TABLE_LIMIT:
-                ut.write(b"".join((table[n], first, table[m], second)))
-                return
-        parts: list[bytes] = [table[n] if n < _TABLE_LIMIT else _frame_header(n), first]
-        append = parts.append
-        for data in rest:
-            n = len(data)
-            append(table[n] if n < _TABLE_LIMIT else _frame_header(n))
-            append(data)
-        ut.write(b"".join(parts))
 
 
 class _PicowsConnection(WSListener):  # type: ignore[misc]
@@ -252,7 +97,7 @@ class _PicowsConnection(WSListener):  # type: ignore[misc]
         self._on_message: Callable[[bytes], None] = _drop_message
         self._closed = False
         self._close_sent = False
-        self._box = _Outbox(server)
+        self._box = Outbox(server)
         # Fragment reassembly: None when no binary message is in progress.
         self._parts: list[bytes] | None = None
         self._parts_size = 0
@@ -272,7 +117,7 @@ class _PicowsConnection(WSListener):  # type: ignore[misc]
 
     @property
     def send_bounded(self) -> Callable[[bytes, int, int], bool]:
-        """:meth:`_Outbox.send_bounded` of this connection: send one frame, then say whether the
+        """:meth:`Outbox.send_bounded` of this connection: send one frame, then say whether the
         outbound queue is over ``max_bytes`` or ``max_frames`` (the session's slow-consumer test)."""
         return self._box.send_bounded
 
@@ -448,33 +293,10 @@ class PicowsTransport(TransportServer):
         self._idle.set()
         # Outboxes with frames for the end-of-iteration flush. Never replaced (every outbox holds
         # it); the flush is scheduled by the send that finds it empty.
-        self._dirty: list[_Outbox] = []
+        self._dirty: list[Outbox] = []
 
     def _flush_all(self) -> None:
-        dirty = self._dirty
-        try:
-            # An outbox that gets a frame while this runs is appended and still flushed here.
-            for box in dirty:
-                try:
-                    if box.rest is None:
-                        # A lone frame (a request's reply): what _Outbox.flush does for it,
-                        # inline, without a method call per connection.
-                        first = box.first
-                        if first is None:
-                            continue
-                        box.first = None
-                        box.out_bytes = 0
-                        if not box.underlying.is_closing():
-                            # through a local: a call on a slot attribute is not specialized
-                            write = box.write_frame
-                            write(_BINARY_OPCODE, first)  # type: ignore[misc]
-                    else:
-                        box.flush()
-                except Exception:
-                    # one connection's failure must not strand the frames of the others
-                    log.exception("flushing a connection's frames failed")
-        finally:
-            dirty.clear()
+        flush_all(self._dirty)
 
     def _factory(self, request: WSUpgradeRequest) -> Any:
         try:
