@@ -94,14 +94,10 @@ IGNORED_KINDS = frozenset({"QUERY_SYNC_INIT"})
 #: A BATCH inside a BATCH works (§1.7); deeper than this is refused.
 _MAX_BATCH_NESTING = 8
 
-_WIRE_NAME = WIRE_NAME
-
 _HandleFn = Callable[[RequestContext, Any], "Awaitable[None] | None"]
 
 
 _CLOSED = SessionState.CLOSED
-# Series keys of messages_received, built once.
-_RECEIVED_KEY = RECEIVED_KEY
 
 
 def _wall_millis() -> int:
@@ -427,7 +423,7 @@ class Session:
     def _on_decoded(self, msg: Any, size: int) -> None:
         kind: MessageType = msg.TYPE
         received = self.hub.received
-        key = _RECEIVED_KEY[kind]
+        key = RECEIVED_KEY[kind]
         received[key] = received.get(key, 0) + 1
         if self.state is SessionState.AWAIT_AUTH:
             if kind is MessageType.AUTH:
@@ -485,7 +481,7 @@ class Session:
         if kind is MessageType.DEVICE_HELLO:
             self._handle_device_hello(msg)
             return None
-        name = _WIRE_NAME[kind]
+        name = WIRE_NAME[kind]
         handler = self.hub.processors.handler(name)
         if handler is None:
             if kind in CLIENT_KINDS:

@@ -157,7 +157,8 @@ class _PicowsConnection(WSListener):  # type: ignore[misc]
         box = self._box
         box.transport = transport
         box.write_frame = transport.send
-        box.schedule = functools.partial(asyncio.get_running_loop().call_soon, self._server._flush_all)
+        # the outbox twin's flush of the server's dirty list, scheduled without a wrapper frame
+        box.schedule = functools.partial(asyncio.get_running_loop().call_soon, flush_all, self._server._dirty)
         box.underlying = ut = transport.underlying_transport
         box.write_buffer_size = ut.get_write_buffer_size
         box.high_water = int(ut.get_write_buffer_limits()[1])
@@ -294,9 +295,6 @@ class PicowsTransport(TransportServer):
         # Outboxes with frames for the end-of-iteration flush. Never replaced (every outbox holds
         # it); the flush is scheduled by the send that finds it empty.
         self._dirty: list[Outbox] = []
-
-    def _flush_all(self) -> None:
-        flush_all(self._dirty)
 
     def _factory(self, request: WSUpgradeRequest) -> Any:
         try:
