@@ -563,7 +563,9 @@ def write_scripts(draw: Any) -> list[tuple[int, dict[str, Any]]]:
     return script
 
 
-async def _write_script(twin: Any, url: str, script: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
+async def _write_script(
+    twin: Any, url: str, script: list[tuple[int, dict[str, Any]]], high_water: int = 200_000
+) -> dict[str, Any]:
     import msgpack
 
     from topgun.protocol.messages import MessageType
@@ -589,6 +591,8 @@ async def _write_script(twin: Any, url: str, script: list[tuple[int, dict[str, A
         conns = [_Conn(501), _Conn(502)]
         sessions = [hub.open_session(c) for c in conns]
         handler = server.processors.get(MessageType.OP_BATCH)
+        # a low bound makes writers wait for the backlog: both twins must say so alike
+        handler.backlog_high_water = high_water  # type: ignore[union-attr]
         # An older record under "m"/"a" and "n"/"b": stale writes lose to it and are corrected.
         seed = {"type": "OP_BATCH", "payload": {"ops": [
             {"id": "s1", "mapName": m, "key": k, "opType": "PUT",
@@ -621,15 +625,24 @@ async def _write_script(twin: Any, url: str, script: list[tuple[int, dict[str, A
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(script=write_scripts(), durable=st.booleans())
+@given(script=write_scripts(), durable=st.booleans(), high_water=st.sampled_from([0, 2, 200_000]))
 async def test_write_message_twins_agree(
-    pure: Any, compiled: Any, tmp_path_factory: Any, script: list[tuple[int, dict[str, Any]]], durable: bool
+    pure: Any,
+    compiled: Any,
+    tmp_path_factory: Any,
+    script: list[tuple[int, dict[str, Any]]],
+    durable: bool,
+    high_water: int,
 ) -> None:
     def url() -> str:
         return f"sqlite:///{tmp_path_factory.mktemp('wm')}/t.db" if durable else "memory://"
 
-    got = await _write_script(compiled, url(), script)
-    assert got == await _write_script(pure, url(), script)
+    got = await _write_script(compiled, url(), script, high_water)
+    assert got == await _write_script(pure, url(), script, high_water)
+    if durable and high_water != 2:
+        # the seed batch stages rows (two records, two map kinds): a bound of 0 holds its writer
+        # back, the default one does not
+        assert got["returned"][0] is (high_water == 0)
     # Nothing written to the map the connections may not write; every frame is a reply or a push.
     assert "ro" not in got["lww"]
     kinds = {f["type"] for frames in got["frames"] for f in frames}
